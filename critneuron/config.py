@@ -1,0 +1,230 @@
+"""Frozen configuration dataclasses, canonical hashing and the project's named errors.
+
+Imports nothing from critneuron: every other module may import this one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping, TypeVar, Union
+
+SCHEMA_VERSION = 1
+
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "kmnist")
+MODELS = ("fc3", "fc4", "lenet5", "vgg16")
+
+
+class CritneuronError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(CritneuronError, ValueError):
+    """A configuration value or file is malformed."""
+
+
+class DatasetMissingError(CritneuronError, FileNotFoundError):
+    """A dataset is not in the data root and could not be downloaded."""
+
+
+class UnsupportedLayerError(CritneuronError, TypeError):
+    """A torch module has no MIP encoding."""
+
+
+class SolveError(CritneuronError, RuntimeError):
+    """The solver ended without any usable solution (infeasible, or timed out with no incumbent)."""
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which dataset, where it lives, and how the official train set is split."""
+
+    dataset: str = field(default="mnist", metadata={"help": f"dataset: {', '.join(DATASETS)}"})
+    root: str | None = field(
+        default=None, metadata={"help": "data root (default: $CRITNEURON_DATA, else ./data)"}
+    )
+    subset: int | None = field(
+        default=None, metadata={"help": "use only this many training images (seeded), for quick runs"}
+    )
+    test_subset: int | None = field(
+        default=None, metadata={"help": "use only this many test images (seeded), for quick runs"}
+    )
+    val_fraction: float = field(default=0.2, metadata={"help": "share of the train set held out"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
+
+    def __post_init__(self) -> None:
+        _check_choice("dataset", self.dataset, DATASETS)
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        for name in ("subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive(name, value)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture name and width multiplier (width < 1 divides every channel/neuron count)."""
+
+    name: str = field(default="lenet5", metadata={"help": f"architecture: {', '.join(MODELS)}"})
+    width: float = field(default=1.0, metadata={"help": "width multiplier (vgg16 only), e.g. 0.25"})
+
+    def __post_init__(self) -> None:
+        _check_choice("model", self.name, MODELS)
+        _check_positive("width", self.width)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule. `paper_train_config` gives the authors' settings."""
+
+    epochs: int = field(default=30, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "minibatch size"})
+    optimizer: str = field(default="rmsprop", metadata={"help": "rmsprop or sgd"})
+    lr: float = field(default=1e-3, metadata={"help": "learning rate"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum (Nesterov)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and augmentation"})
+
+    def __post_init__(self) -> None:
+        _check_choice("optimizer", self.optimizer, ("rmsprop", "sgd"))
+        _check_positive("epochs", self.epochs, allow_zero=True)
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("lr", self.lr)
+        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
+
+
+def paper_train_config(dataset: str, epochs: int | None = None, seed: int = 0) -> TrainConfig:
+    """The authors' optimiser and schedule for a dataset (CIFAR-10: SGD; otherwise RMSprop)."""
+    if dataset == "cifar10":
+        cfg = TrainConfig(epochs=256, optimizer="sgd", lr=1e-2, weight_decay=5e-4, seed=seed)
+    else:
+        cfg = TrainConfig(epochs=30, optimizer="rmsprop", lr=1e-3, seed=seed)
+    return cfg if epochs is None else dataclasses.replace(cfg, epochs=epochs)
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """Settings of the MIP that scores neurons."""
+
+    lambda_: float = field(default=5.0, metadata={"help": "weight of the loss term (paper: 5)"})
+    mode: str = field(default="relaxed", metadata={"help": "exact (binary ReLU indicators) or relaxed ([0,1])"})
+    epsilon: float = field(default=1e-5, metadata={"help": "half-width of the input box for bounds"})
+    batch_size: int = field(default=10, metadata={"help": "images in the MIP batch (one per class)"})
+    loss: str = field(default="ce", metadata={"help": "ce (exact softmax CE by Kelley cuts) or margin (LP-only)"})
+    time_limit: float = field(default=600.0, metadata={"help": "solver time limit per solve, seconds"})
+    mip_gap: float = field(default=1e-4, metadata={"help": "relative MIP gap"})
+    threads: int = field(default=1, metadata={"help": "solver threads"})
+    seed: int = field(default=0, metadata={"help": "seed of batch choice and solver"})
+    solver: str = field(default="appsi_highs", metadata={"help": "Pyomo solver name (appsi_highs is persistent)"})
+    kelley_tol: float = field(default=1e-6, metadata={"help": "stop when max_b LSE(z_b) - t_b <= this"})
+    max_rounds: int = field(default=100, metadata={"help": "maximum Kelley rounds"})
+    presolve: bool = field(default=True, metadata={"help": "fix stable units (no binary) before solving"})
+    warm_start: bool = field(default=True, metadata={"help": "MIP start from s = 1 and observed activations"})
+    selfcheck_tol: float = field(default=1e-4, metadata={"help": "max |MIP logits - torch logits| in exact mode"})
+
+    def __post_init__(self) -> None:
+        _check_choice("mode", self.mode, ("exact", "relaxed"))
+        _check_choice("loss", self.loss, ("ce", "margin"))
+        _check_positive("lambda", self.lambda_, allow_zero=True)
+        _check_positive("epsilon", self.epsilon, allow_zero=True)
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("time_limit", self.time_limit)
+        _check_positive("mip_gap", self.mip_gap, allow_zero=True)
+        _check_positive("threads", self.threads)
+        _check_positive("max_rounds", self.max_rounds)
+
+
+def paper_threshold(model: str, dataset: str) -> float:
+    """The authors' pruning threshold tau for a model and dataset."""
+    if dataset == "cifar10":
+        return 0.3
+    return 0.2 if model in ("lenet5", "vgg16") else 0.1
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """How scores become masks and how masks are applied."""
+
+    threshold: Union[float, str, None] = field(
+        default=None, metadata={"help": "tau, 'mean' (per-layer mean score), or None for the paper's tau"}
+    )
+    bias: str = field(default="keep-bias", metadata={"help": "keep-bias (paper) or remove"})
+
+    def __post_init__(self) -> None:
+        _check_choice("bias", self.bias, ("keep-bias", "remove"))
+        if isinstance(self.threshold, str):
+            _check_choice("threshold", self.threshold, ("mean",))
+        elif self.threshold is not None and not 0 <= self.threshold <= 1:
+            raise ConfigError(f"threshold must be in [0, 1] or 'mean', got {self.threshold!r}")
+
+    def resolve(self, model: str, dataset: str) -> Union[float, str]:
+        """The threshold to use: the configured one, else the paper's."""
+        return paper_threshold(model, dataset) if self.threshold is None else self.threshold
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one train-score-prune run."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict:
+    """A config as plain JSON-able data."""
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Build a (nested) config from plain data; unknown keys raise ConfigError naming them."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{cls.__name__} expects a mapping, got {type(data).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        hint = hints[key]
+        kwargs[key] = from_dict(hint, value) if dataclasses.is_dataclass(hint) else value
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{cls.__name__}: {err}") from err
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted-key compact JSON of a config (or any JSON-able value) for hashing."""
+    if dataclasses.is_dataclass(obj):
+        obj = {"__type__": type(obj).__name__, **to_dict(obj)}
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def config_hash(obj: Any, **extra: Any) -> str:
+    """Stable 16-hex-digit key of a config plus anything else that determines a result."""
+    payload = canonical_json({"schema": SCHEMA_VERSION, "config": json.loads(canonical_json(obj)), **extra})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
