@@ -1,0 +1,74 @@
+"""Interval arithmetic on a `NetworkSpec` from the ε-box around each input; stability of ReLU units.
+
+Plain float64 arrays in and out. May import: config, spec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .spec import AffineSpec, NetworkSpec, ReLUSpec
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Per layer of the spec, lower and upper bounds of its output, each of shape (B, n)."""
+
+    lower: tuple[np.ndarray, ...]
+    upper: tuple[np.ndarray, ...]
+
+
+def interval_bounds(spec: NetworkSpec, x: np.ndarray, epsilon: float) -> Bounds:
+    """Bounds of every layer's output over the box [x - ε, x + ε] (per sample, float64).
+
+    An affine map y = Mx + o sends the box with centre c and radius r to centre Mc + o and
+    radius |M| r, which equals the usual W⁺L + W⁻U form; a ReLU clamps both ends at 0.
+    """
+    x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    lo, up = x - epsilon, x + epsilon
+    lowers, uppers = [], []
+    for layer in spec.layers:
+        if isinstance(layer, AffineSpec):
+            centre, radius = (lo + up) / 2, (up - lo) / 2
+            centre = (layer.matrix @ centre.T).T + layer.offset
+            radius = (abs(layer.matrix) @ radius.T).T
+            lo, up = centre - radius, centre + radius
+        else:
+            lo, up = np.maximum(lo, 0.0), np.maximum(up, 0.0)
+        lowers.append(lo)
+        uppers.append(up)
+    return Bounds(tuple(lowers), tuple(uppers))
+
+
+def forward(spec: NetworkSpec, x: np.ndarray, shifts: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+    """Float64 forward pass through the spec; returns every layer's output.
+
+    `shifts[name]` (shape (B, n_out)) is subtracted from the output of the affine layer `name`.
+    """
+    z = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    outs = []
+    for layer in spec.layers:
+        if isinstance(layer, AffineSpec):
+            z = (layer.matrix @ z.T).T + layer.offset
+            if shifts and layer.name in shifts:
+                z = z - shifts[layer.name]
+        else:
+            z = np.maximum(z, 0.0)
+        outs.append(z)
+    return outs
+
+
+def stability(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Masks (off, on, unstable) of ReLU inputs: U ≤ 0, L ≥ 0, and L < 0 < U."""
+    off = upper <= 0
+    on = (lower >= 0) & ~off
+    return off, on, ~(off | on)
+
+
+def shift_scale(spec: NetworkSpec, bounds: Bounds, idx: int) -> np.ndarray:
+    """Ũ of the score shift ã = a − (1 − s)·Ũ at layer `idx`: max(U, 0) if a ReLU follows, else U."""
+    upper = bounds.upper[idx]
+    nxt = spec.layers[idx + 1] if idx + 1 < len(spec.layers) else None
+    return np.maximum(upper, 0.0) if isinstance(nxt, ReLUSpec) else upper

@@ -1,0 +1,299 @@
+"""Pyomo model of a trained network on a batch, with one importance score per neuron/channel.
+
+What the net is lives in `spec`, its bounds in `bounds`; this module only encodes. Each sample's
+activations are carried as affine expressions ``A·src + c + G·s`` (src: the last layer of
+variables, s: all scores) and turned into variables only where needed: at every ReLU, after
+average pooling (to keep later rows sparse) and at the logits. The solver never appears here.
+
+Formulation (ElAraby, Wolf, Carvalho, the authors' final code):
+
+* score shift at a scored layer with pre-activation a and bounds [L, U]:
+  :math:`\\tilde a = a - (1 - s)\\tilde U`, :math:`\\tilde U = \\max(U, 0)` if a ReLU follows, else U;
+* ReLU of an unstable unit (L < 0 < U): :math:`z \\ge 0,\\ z \\ge \\tilde a,\\ z \\le v\\max(U,0),\\
+  z \\le \\tilde a - (1 - v)L`, with v binary (``exact``) or in [0, 1] (``relaxed``);
+* presolve of stable units, exactly equivalent to the four rows above: U ≤ 0 gives z = 0 and
+  :math:`L \\le \\tilde a \\le 0`; L ≥ 0 gives :math:`z = \\tilde a \\in [0, U]`;
+* objective :math:`\\lambda \\frac1B\\sum_b (t_b - \\hat z_{b,y_b}) + \\mathrm{SumLargest}_{m-1}(g)`,
+  :math:`g_l = \\sum_i (s_i - 2)/n_l`, with :math:`t_b \\ge \\mathrm{LSE}(\\hat z_b)` enforced by
+  tangent cuts (``ce``) or :math:`t_b \\ge \\hat z_{b,k}` (``margin``).
+
+May import: config, spec, bounds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyomo.environ as pe
+import scipy.sparse as sp
+from pyomo.core.expr.numeric_expr import LinearExpression
+
+from .bounds import Bounds, forward, shift_scale, stability
+from .config import ScoreConfig
+from .spec import AffineSpec, NetworkSpec, ReLUSpec
+
+
+@dataclass
+class Formulation:
+    """A built model and handles to the variables callers need."""
+
+    model: pe.ConcreteModel
+    scores: dict[str, list]
+    logits: np.ndarray
+    loss_epigraph: list
+    labels: np.ndarray
+    warm_start: list = field(default_factory=list)
+    relu_counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    n_cuts: int = 0
+
+    def add_lse_cuts(self, points: np.ndarray, samples: list[int] | None = None) -> None:
+        """Tangent cuts t_b ≥ LSE(ζ_b) + softmax(ζ_b)ᵀ(ẑ_b − ζ_b) at the given logits ζ (B × K)."""
+        cuts = self.model.lse_cuts
+        for b in range(len(points)) if samples is None else samples:
+            zeta = np.asarray(points[b], dtype=np.float64)
+            lse = logsumexp(zeta)
+            p = np.exp(zeta - lse)
+            expr = LinearExpression(constant=0.0, linear_coefs=[1.0] + (-p).tolist(),
+                                    linear_vars=[self.loss_epigraph[b]] + list(self.logits[b]))
+            cuts.add(expr >= float(lse - p @ zeta))
+            self.n_cuts += 1
+
+    def score_values(self) -> dict[str, np.ndarray]:
+        """Current values of the score variables, clipped to [0, 1]."""
+        return {k: np.clip(np.array([pe.value(v) for v in vs], dtype=float), 0.0, 1.0)
+                for k, vs in self.scores.items()}
+
+    def logit_values(self) -> np.ndarray:
+        """Current values of the logit variables (B × K)."""
+        return np.vectorize(pe.value, otypes=[float])(self.logits)
+
+
+def logsumexp(z: np.ndarray) -> float:
+    """Numerically stable log Σ exp(z) of a 1-D array."""
+    top = float(np.max(z))
+    return top + float(np.log(np.sum(np.exp(z - top))))
+
+
+@dataclass
+class _State:
+    """Per-sample affine form of the current activation: A @ src[b] + c[b] + G[b] @ s."""
+
+    src: list | None  # per sample: object array of variables (None entries are fixed zeros)
+    a: sp.csr_matrix | None
+    c: np.ndarray
+    g: list[sp.csr_matrix]
+
+
+def _add_rows(con: pe.Constraint, parts: list[tuple[sp.csr_matrix, np.ndarray]], lower, upper, const) -> None:
+    """Add rows lower ≤ Σ_parts M @ vars + const ≤ upper (None = unbounded); skip rows without variables."""
+    n = parts[0][0].shape[0]
+    lower = np.broadcast_to(np.asarray(lower, dtype=object), (n,))
+    upper = np.broadcast_to(np.asarray(upper, dtype=object), (n,))
+    const = np.broadcast_to(np.asarray(const, dtype=np.float64), (n,))
+    for i in range(n):
+        coefs, vs = [], []
+        for mat, variables in parts:
+            lo, hi = mat.indptr[i], mat.indptr[i + 1]
+            cols, vals = mat.indices[lo:hi], mat.data[lo:hi]
+            picked = variables[cols]
+            keep = np.not_equal(picked, None) & (vals != 0)
+            coefs.extend(vals[keep].tolist())
+            vs.extend(picked[keep].tolist())
+        if not vs:
+            continue
+        expr = LinearExpression(constant=float(const[i]), linear_coefs=coefs, linear_vars=vs)
+        lo_i = None if lower[i] is None else float(lower[i])
+        hi_i = None if upper[i] is None else float(upper[i])
+        con.add(pe.inequality(lo_i, expr, hi_i) if lo_i is not None and hi_i is not None
+                else (expr >= lo_i if hi_i is None else expr <= hi_i))
+
+
+class _Builder:
+    """Walks the spec once, creating one Pyomo block per materialised layer."""
+
+    def __init__(self, spec: NetworkSpec, bounds: Bounds, x: np.ndarray, cfg: ScoreConfig):
+        self.spec, self.bounds, self.cfg = spec, bounds, cfg
+        self.batch = len(x)
+        self.m = pe.ConcreteModel(name="critneuron")
+        self.values = forward(spec, x)  # unshifted activations, for the warm start
+        self.warm: list = []
+        self.counts: dict[str, dict[str, int]] = {}
+        self._build_scores()
+        self.n_scores = len(self.s_all)
+        zero_g = [sp.csr_matrix((x[0].size, self.n_scores)) for _ in range(self.batch)]
+        self.state = _State(None, None, np.asarray(x, dtype=np.float64).reshape(self.batch, -1), zero_g)
+
+    def _build_scores(self) -> None:
+        self.m.scores = pe.Block()
+        self.scores, self.offsets, flat = {}, {}, []
+        for layer in self.spec.scored:
+            var = pe.Var(range(layer.n_units), bounds=(0.0, 1.0))
+            self.m.scores.add_component(layer.name, var)
+            self.offsets[layer.name] = len(flat)
+            self.scores[layer.name] = [var[i] for i in range(layer.n_units)]
+            flat.extend(self.scores[layer.name])
+            self.warm.extend((v, 1.0) for v in self.scores[layer.name])
+        self.s_all = np.array(flat, dtype=object)
+
+    def affine(self, idx: int, layer: AffineSpec) -> None:
+        st, mat = self.state, layer.matrix
+        if st.src is not None:
+            st.a = (mat @ st.a).tocsr()
+        st.c = (mat @ st.c.T).T + layer.offset
+        st.g = [(mat @ g).tocsr() for g in st.g]
+        if layer.scored:
+            self._shift(idx, layer)
+
+    def _shift(self, idx: int, layer: AffineSpec) -> None:
+        u_tilde = shift_scale(self.spec, self.bounds, idx)
+        n_out = len(layer.unit_of_output)
+        cols = self.offsets[layer.name] + layer.unit_of_output
+        for b in range(self.batch):
+            self.state.c[b] = self.state.c[b] - u_tilde[b]
+            shift = sp.csr_matrix((u_tilde[b], (np.arange(n_out), cols)), shape=(n_out, self.n_scores))
+            self.state.g[b] = (self.state.g[b] + shift).tocsr()
+
+    def _parts(self, b: int) -> list[tuple[sp.csr_matrix, np.ndarray]]:
+        st = self.state
+        parts = [(st.g[b], self.s_all)]
+        if st.src is not None:
+            parts.append((st.a, st.src[b]))
+        return parts
+
+    def materialise(self, idx: int, name: str, lower=None, upper=None) -> None:
+        """Turn the current affine form into variables y with rows y = A src + c + G s."""
+        n = self.state.c.shape[1]
+        blk = pe.Block()
+        self.m.add_component(f"{name}_out", blk)
+        blk.y = pe.Var(range(self.batch), range(n), bounds=lambda _, b, j: (
+            None if lower is None else lower[b, j], None if upper is None else upper[b, j]))
+        blk.definition = pe.ConstraintList()
+        src = []
+        for b in range(self.batch):
+            ys = np.array([blk.y[b, j] for j in range(n)], dtype=object)
+            neg = [(-m, v) for m, v in self._parts(b)]
+            _add_rows(blk.definition, [(sp.identity(n, format="csr"), ys)] + neg, 0.0, 0.0, -self.state.c[b])
+            self.warm.extend(zip(ys, self.values[idx][b]))
+            src.append(ys)
+        self.state = _State(src, sp.identity(n, format="csr"), np.zeros((self.batch, n)),
+                            [sp.csr_matrix((n, self.n_scores)) for _ in range(self.batch)])
+
+    def relu(self, idx: int, layer: ReLUSpec) -> None:
+        lower, upper = self.bounds.lower[idx - 1], self.bounds.upper[idx - 1]
+        off, on, unstable = stability(lower, upper)
+        if not self.cfg.presolve:
+            off, on, unstable = np.zeros_like(off), np.zeros_like(on), np.ones_like(unstable)
+        n = lower.shape[1]
+        blk = pe.Block()
+        self.m.add_component(layer.name, blk)
+        live = [(b, j) for b in range(self.batch) for j in np.flatnonzero(~off[b])]
+        blk.z = pe.Var(live, bounds=lambda _, b, j: (0.0, max(float(upper[b, j]), 0.0)))
+        v_domain = pe.Binary if self.cfg.mode == "exact" else pe.UnitInterval
+        blk.v = pe.Var([(b, j) for b in range(self.batch) for j in np.flatnonzero(unstable[b])],
+                       domain=v_domain)
+        blk.rows = pe.ConstraintList()
+        src = []
+        for b in range(self.batch):
+            zs = np.array([blk.z[b, j] if not off[b, j] else None for j in range(n)], dtype=object)
+            self._relu_rows(blk, b, zs, lower[b], upper[b], off[b], on[b], unstable[b])
+            self._relu_warm(blk, b, zs, unstable[b], self.values[idx - 1][b])
+            src.append(zs)
+        self.counts[layer.name] = {"units": int(off.size), "off": int(off.sum()), "on": int(on.sum()),
+                                   "unstable": int(unstable.sum())}
+        self.state = _State(src, sp.identity(n, format="csr"), np.zeros((self.batch, n)),
+                            [sp.csr_matrix((n, self.n_scores)) for _ in range(self.batch)])
+
+    def _relu_rows(self, blk, b, zs, lo, up, off, on, unstable) -> None:
+        st, n = self.state, len(zs)
+        pre = [(m, v) for m, v in self._parts(b)]
+        neg_pre = [(-m, v) for m, v in pre]
+        ident = sp.identity(n, format="csr")
+        c = st.c[b]
+        rows = lambda mask: sp.diags(mask.astype(float), format="csr")  # noqa: E731 - selects rows
+        if off.any():  # L ≤ ã ≤ 0
+            _add_rows(blk.rows, [(rows(off) @ m, v) for m, v in pre], np.where(off, lo, None),
+                      np.where(off, 0.0, None), np.where(off, c, 0.0))
+        if on.any():  # z = ã
+            _add_rows(blk.rows, [(rows(on) @ ident, zs)] + [(rows(on) @ m, v) for m, v in neg_pre],
+                      0.0, 0.0, np.where(on, -c, 0.0))
+        if unstable.any():
+            vs = np.array([blk.v[b, j] if unstable[j] else None for j in range(n)], dtype=object)
+            sel = rows(unstable)
+            # z ≥ ã
+            _add_rows(blk.rows, [(sel @ ident, zs)] + [(sel @ m, v) for m, v in neg_pre],
+                      np.where(unstable, 0.0, None), None, np.where(unstable, -c, 0.0))
+            # z ≤ ã − (1 − v)L  ⇔  z − ã − L v ≤ −L
+            _add_rows(blk.rows, [(sel @ ident, zs), (sel @ sp.diags(-lo, format="csr"), vs)]
+                      + [(sel @ m, v) for m, v in neg_pre], None, np.where(unstable, 0.0, None),
+                      np.where(unstable, -c + lo, 0.0))
+            # z ≤ v·max(U, 0)
+            _add_rows(blk.rows, [(sel @ ident, zs), (sel @ sp.diags(-np.maximum(up, 0.0), format="csr"), vs)],
+                      None, np.where(unstable, 0.0, None), 0.0)
+
+    def _relu_warm(self, blk, b, zs, unstable, pre_values) -> None:
+        for j, z in enumerate(zs):
+            if z is not None:
+                self.warm.append((z, max(float(pre_values[j]), 0.0)))
+            if unstable[j]:
+                self.warm.append((blk.v[b, j], float(pre_values[j] > 0)))
+
+
+def build_formulation(spec: NetworkSpec, bounds: Bounds, x: np.ndarray, y: np.ndarray,
+                      cfg: ScoreConfig) -> Formulation:
+    """Build the scoring MIP for inputs x (B × ...) with labels y; see the module docstring."""
+    builder = _Builder(spec, bounds, x, cfg)
+    layers = spec.layers
+    for idx, layer in enumerate(layers):
+        if isinstance(layer, ReLUSpec):
+            builder.relu(idx, layer)
+            continue
+        builder.affine(idx, layer)
+        last = idx == len(layers) - 1
+        nxt = None if last else layers[idx + 1]
+        if last or (layer.kind == "avgpool2d" and not isinstance(nxt, ReLUSpec) and builder.state.src is not None):
+            builder.materialise(idx, layer.name)
+    logits = np.array(builder.state.src, dtype=object)
+    form = Formulation(builder.m, builder.scores, logits, [], np.asarray(y), builder.warm, builder.counts)
+    _add_objective(form, spec, cfg, builder.values[-1])
+    return form
+
+
+def _add_objective(form: Formulation, spec: NetworkSpec, cfg: ScoreConfig, logits0: np.ndarray) -> None:
+    """Loss epigraph, SumLargest penalty and the objective; first LSE cuts at the unpruned logits."""
+    m, batch = form.model, len(form.logits)
+    m.loss = pe.Var(range(batch))
+    form.loss_epigraph = [m.loss[b] for b in range(batch)]
+    m.lse_cuts = pe.ConstraintList()
+    if cfg.loss == "margin":
+        m.margin = pe.ConstraintList()
+        for b in range(batch):
+            for z in form.logits[b]:
+                m.margin.add(m.loss[b] >= z)
+        form.warm_start.extend((m.loss[b], float(np.max(logits0[b]))) for b in range(batch))
+    else:
+        form.add_lse_cuts(logits0)
+        form.warm_start.extend((m.loss[b], logsumexp(logits0[b])) for b in range(batch))
+    penalty = _sum_largest_penalty(form, spec)
+    loss = sum(m.loss[b] - form.logits[b][int(form.labels[b])] for b in range(batch))
+    m.objective = pe.Objective(expr=cfg.lambda_ / batch * loss + penalty, sense=pe.minimize)
+
+
+def _sum_largest_penalty(form: Formulation, spec: NetworkSpec):
+    """Sum of the m−1 largest g_l (g_1 when m = 1) as k·θ + Σ u_l, u_l ≥ g_l − θ, u_l ≥ 0."""
+    m, layers = form.model, spec.scored
+    k = max(len(layers) - 1, 1)
+    m.theta = pe.Var()
+    m.excess = pe.Var(range(len(layers)), bounds=(0.0, None))
+    m.sum_largest = pe.ConstraintList()
+    g_values = []
+    for i, layer in enumerate(layers):
+        s = form.scores[layer.name]
+        g = (sum(s) - 2.0 * layer.n_units) / layer.norm
+        m.sum_largest.add(m.excess[i] >= g - m.theta)
+        g_values.append(-1.0 * layer.n_units / layer.norm)
+    top = sorted(g_values, reverse=True)
+    theta0 = top[k - 1] if len(top) >= k else 0.0
+    form.warm_start.append((m.theta, theta0))
+    form.warm_start.extend((m.excess[i], max(g - theta0, 0.0)) for i, g in enumerate(g_values))
+    return k * m.theta + sum(m.excess[i] for i in range(len(layers)))

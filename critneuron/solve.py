@@ -1,0 +1,145 @@
+"""Solve a `Formulation`: persistent HiGHS (appsi), MIP start, Kelley cuts for the log-sum-exp.
+
+Returns a `SolveReport` (status, gap, rounds, times, solver name and version) that is stored with
+every result. May import: config, formulation.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pyomo.environ as pe
+from pyomo.contrib.appsi.base import TerminationCondition as TC
+
+from .config import ScoreConfig, SolveError
+from .formulation import Formulation, logsumexp
+
+_FEASIBLE = {TC.optimal, TC.maxTimeLimit, TC.maxIterations, TC.objectiveLimit, TC.interrupted}
+
+
+@dataclass
+class SolveReport:
+    """What happened in a solve; JSON-able through `to_dict`."""
+
+    solver: str
+    solver_version: str
+    status: str
+    objective: float
+    bound: float | None
+    gap: float | None
+    rounds: int
+    lse_gap: float
+    n_cuts: int
+    solve_seconds: float
+    n_variables: int
+    n_constraints: int
+    n_binaries: int
+    history: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able form."""
+        return asdict(self)
+
+
+def _lse_gaps(form: Formulation) -> np.ndarray:
+    logits = form.logit_values()
+    t = np.array([pe.value(v) for v in form.loss_epigraph], dtype=float)
+    return np.array([logsumexp(z) for z in logits]) - t
+
+
+def _sizes(model: pe.ConcreteModel) -> tuple[int, int, int]:
+    variables = list(model.component_data_objects(pe.Var, active=True))
+    n_bin = sum(1 for v in variables if v.is_binary())
+    n_con = sum(1 for _ in model.component_data_objects(pe.Constraint, active=True))
+    return len(variables), n_con, n_bin
+
+
+def _make_solver(cfg: ScoreConfig):
+    if cfg.solver != "appsi_highs":
+        return pe.SolverFactory(cfg.solver)
+    from pyomo.contrib.appsi.solvers import Highs
+
+    opt = Highs()
+    opt.config.load_solution = False
+    opt.config.mip_gap = cfg.mip_gap
+    opt.highs_options = {"threads": cfg.threads, "random_seed": cfg.seed, "output_flag": False}
+    return opt
+
+
+def _solve_once(opt, form: Formulation, cfg: ScoreConfig, remaining: float) -> dict:
+    """One solve; loads the incumbent if there is one and returns status, objective and bound."""
+    if cfg.solver == "appsi_highs":
+        opt.config.time_limit = max(remaining, 1.0)
+        opt.config.warmstart = cfg.warm_start
+        res = opt.solve(form.model)
+        status = res.termination_condition
+        feasible = status in _FEASIBLE and res.best_feasible_objective is not None
+        if feasible:
+            res.solution_loader.load_vars()
+        return {"status": status.name, "feasible": feasible, "objective": res.best_feasible_objective,
+                "bound": res.best_objective_bound}
+    res = opt.solve(form.model, load_solutions=False)
+    cond = str(res.solver.termination_condition)
+    feasible = len(res.solution) > 0
+    if feasible:
+        form.model.solutions.load_from(res)
+    return {"status": cond, "feasible": feasible, "objective": pe.value(form.model.objective) if feasible else None,
+            "bound": None}
+
+
+def solver_version(cfg: ScoreConfig) -> str:
+    """Version string of the configured solver, or 'unknown'."""
+    if cfg.solver == "appsi_highs":
+        import highspy
+
+        return f"highspy {getattr(highspy, '__version__', '')} / HiGHS " + ".".join(
+            map(str, _make_solver(cfg).version()))
+    try:
+        return str(pe.SolverFactory(cfg.solver).version())
+    except Exception:  # noqa: BLE001 - third-party solvers report versions in many ways
+        return "unknown"
+
+
+def _set_warm_start(form: Formulation) -> None:
+    for var, value in form.warm_start:
+        var.set_value(value, skip_validation=True)
+
+
+def solve(form: Formulation, cfg: ScoreConfig) -> SolveReport:
+    """Solve, adding Kelley tangent cuts until max_b LSE(ẑ_b) − t_b ≤ cfg.kelley_tol.
+
+    Raises `SolveError` if a solve ends with no feasible solution (infeasible, or a time-out
+    without an incumbent). A time-out with an incumbent returns it, with status and gap.
+    """
+    start = time.perf_counter()
+    opt = _make_solver(cfg)
+    if cfg.warm_start:
+        _set_warm_start(form)
+    history, lse_gap, out = [], float("inf"), {}
+    for rnd in range(1, cfg.max_rounds + 1):
+        remaining = cfg.time_limit - (time.perf_counter() - start)
+        out = _solve_once(opt, form, cfg, remaining)
+        if not out["feasible"]:
+            raise SolveError(f"solver {cfg.solver} ended with status {out['status']} and no feasible "
+                             f"solution in round {rnd} after {time.perf_counter() - start:.1f}s")
+        gaps = _lse_gaps(form) if cfg.loss == "ce" else np.zeros(1)
+        lse_gap = float(np.max(gaps))
+        history.append({"round": rnd, "objective": out["objective"], "lse_gap": lse_gap,
+                        "seconds": time.perf_counter() - start, "status": out["status"]})
+        timed_out = out["status"] != TC.optimal.name and cfg.solver == "appsi_highs"
+        if lse_gap <= cfg.kelley_tol or timed_out or time.perf_counter() - start >= cfg.time_limit:
+            break
+        form.add_lse_cuts(form.logit_values(), [b for b, g in enumerate(gaps) if g > cfg.kelley_tol])
+    return _report(form, cfg, out, history, lse_gap, time.perf_counter() - start)
+
+
+def _report(form, cfg, out, history, lse_gap, seconds) -> SolveReport:
+    obj, bound = out["objective"], out["bound"]
+    gap = None
+    if obj is not None and bound is not None and np.isfinite(bound):
+        gap = abs(obj - bound) / max(abs(obj), 1e-10)
+    n_var, n_con, n_bin = _sizes(form.model)
+    return SolveReport(cfg.solver, solver_version(cfg), out["status"], float(obj), bound, gap, len(history),
+                       lse_gap, form.n_cuts, seconds, n_var, n_con, n_bin, history)
