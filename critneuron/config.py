@@ -165,9 +165,11 @@ class PruneConfig:
         default=None, metadata={"help": "tau, 'mean' (per-layer mean score), or None for the paper's tau"}
     )
     bias: str = field(default="keep-bias", metadata={"help": "keep-bias (paper) or remove"})
+    finetune_epochs: int = field(default=0, metadata={"help": "fine-tune the pruned net this many epochs (paper: 1)"})
 
     def __post_init__(self) -> None:
         _check_choice("bias", self.bias, ("keep-bias", "remove"))
+        _check_positive("finetune_epochs", self.finetune_epochs, allow_zero=True)
         if isinstance(self.threshold, str):
             _check_choice("threshold", self.threshold, ("mean",))
         elif self.threshold is not None and not 0 <= self.threshold <= 1:

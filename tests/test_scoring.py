@@ -1,0 +1,197 @@
+"""The scoring MIP: bounds, formulation sizes, optimum against independent solves, self-check."""
+
+from collections import OrderedDict
+from itertools import product
+
+import numpy as np
+import pytest
+import scipy.optimize as so
+import torch
+from torch import nn
+
+from critneuron.bounds import forward, interval_bounds, shift_scale, stability
+from critneuron.config import ScoreConfig, SolveError, UnsupportedLayerError
+from critneuron.formulation import build_formulation, logsumexp
+from critneuron.scores import score
+from critneuron.spec import network_spec
+
+
+def tiny_fc() -> nn.Sequential:
+    """2-4-3-2 ReLU network::
+
+        x(2) --fc1--> 4 --relu1--> --fc2--> 3 --relu2--> --fc3--> 2 logits
+    """
+    torch.manual_seed(3)
+    return nn.Sequential(OrderedDict(flatten=nn.Flatten(), fc1=nn.Linear(2, 4), relu1=nn.ReLU(),
+                                     fc2=nn.Linear(4, 3), relu2=nn.ReLU(), fc3=nn.Linear(3, 2))).eval()
+
+
+def tiny_conv() -> nn.Sequential:
+    """1×4×4 image --conv(1→2, 3×3)--> 2×2×2 --relu--> --pool 2--> 2 --flatten--> --fc(2→2)--> logits."""
+    torch.manual_seed(1)
+    return nn.Sequential(OrderedDict(conv1=nn.Conv2d(1, 2, 3), relu1=nn.ReLU(), pool1=nn.AvgPool2d(2),
+                                     flatten=nn.Flatten(), fc1=nn.Linear(2, 2))).eval()
+
+
+def _objective_of(spec, bounds, x, y, cfg, s_flat, pattern=None):
+    """Objective and constraint slacks of the shifted network at scores s (independent of Pyomo)."""
+    scored = spec.scored
+    sizes = [layer.n_units for layer in scored]
+    parts = np.split(s_flat, np.cumsum(sizes)[:-1])
+    s = {layer.name: p for layer, p in zip(scored, parts)}
+    shifts = {}
+    for idx, layer in enumerate(spec.layers):
+        if getattr(layer, "scored", False):
+            shifts[layer.name] = (1 - s[layer.name][layer.unit_of_output]) * shift_scale(spec, bounds, idx)
+    outs = forward(spec, x, shifts)
+    slacks = []
+    for idx, layer in enumerate(spec.layers):
+        if not hasattr(layer, "matrix"):  # ReLU: the pre-activation must stay in [min(L,0), max(U,0)]
+            pre = outs[idx - 1]
+            lo, up = np.minimum(bounds.lower[idx - 1], 0), np.maximum(bounds.upper[idx - 1], 0)
+            slacks += [(pre - lo).ravel(), (up - pre).ravel()]
+    logits = outs[-1]
+    loss = np.mean([logsumexp(z) - z[t] for z, t in zip(logits, y)])
+    g = sorted(((p - 2).sum() / layer.norm for layer, p in zip(scored, parts)), reverse=True)
+    k = max(len(g) - 1, 1)
+    return cfg.lambda_ * loss + sum(g[:k]), np.concatenate(slacks)
+
+
+def _independent_optimum(net, x, y, cfg, starts=6):
+    """Best local optimum of the shifted network's objective over s ∈ [0,1] by SLSQP (multi-start)."""
+    spec = network_spec(net, tuple(x.shape[1:]))
+    bounds = interval_bounds(spec, x, cfg.epsilon)
+    n = sum(layer.n_units for layer in spec.scored)
+    rng = np.random.default_rng(0)
+    best = np.inf
+    for start in [np.ones(n)] + [rng.uniform(0, 1, n) for _ in range(starts)]:
+        res = so.minimize(lambda s: _objective_of(spec, bounds, x, y, cfg, s)[0], start, method="SLSQP",
+                          bounds=[(0, 1)] * n, options={"ftol": 1e-12, "maxiter": 500},
+                          constraints=[{"type": "ineq", "fun": lambda s: _objective_of(spec, bounds, x, y, cfg, s)[1]}])
+        if res.success and np.min(_objective_of(spec, bounds, x, y, cfg, res.x)[1]) > -1e-7:
+            best = min(best, res.fun)
+    return best
+
+
+@pytest.mark.parametrize("make,shape", [(tiny_fc, (2,)), (tiny_conv, (1, 4, 4))])
+def test_optimum_matches_independent_solve(make, shape):
+    """All units stable (ε = 1e-5): the MIP is convex in s, and SLSQP on the true network agrees."""
+    net = make()
+    torch.manual_seed(0)
+    x = torch.rand(4, *shape)
+    y = torch.tensor([0, 1, 0, 1])
+    cfg = ScoreConfig(mode="exact", lambda_=5.0)
+    got = score(net, x, y, cfg).provenance["solver"]["objective"]
+    expected = _independent_optimum(net, x.numpy().astype(float), y.numpy(), cfg)
+    assert got == pytest.approx(expected, abs=1e-5)
+
+
+def test_unstable_units_match_enumeration_of_activation_patterns():
+    """Wide box (unstable units, real binaries): the MIP optimum equals the best over all s-vertices
+    refined by SLSQP, i.e. the exact MIP cannot be beaten by a feasible point of the true network."""
+    net, cfg = tiny_fc(), ScoreConfig(mode="exact", epsilon=0.3)
+    torch.manual_seed(0)
+    x, y = torch.rand(2, 2), torch.tensor([0, 1])
+    result = score(net, x, y, cfg)
+    assert result.provenance["unstable_units"] > 0
+    spec = network_spec(net, (2,))
+    bounds = interval_bounds(spec, x.numpy().astype(float), cfg.epsilon)
+    # every feasible vertex of the score box is an upper bound of the optimum
+    for vertex in product([0.0, 1.0], repeat=7):
+        obj, slack = _objective_of(spec, bounds, x.numpy().astype(float), y.numpy(), cfg, np.array(vertex))
+        if slack.min() >= -1e-9:
+            assert result.provenance["solver"]["objective"] <= obj + 1e-6
+    # and the MIP's own point, evaluated on the true network, achieves its objective
+    s = np.concatenate([result.layers["fc1"], result.layers["fc2"]])
+    obj, slack = _objective_of(spec, bounds, x.numpy().astype(float), y.numpy(), cfg, s)
+    assert slack.min() >= -1e-6
+    assert obj == pytest.approx(result.provenance["solver"]["objective"], abs=1e-5)
+
+
+def test_presolve_gives_same_optimum_as_full_big_m():
+    net = tiny_fc()
+    torch.manual_seed(0)
+    x, y = torch.rand(3, 2), torch.tensor([0, 1, 1])
+    for eps in (1e-5, 0.2):
+        objs = [score(net, x, y, ScoreConfig(mode="exact", epsilon=eps, presolve=p)).provenance["solver"]["objective"]
+                for p in (True, False)]
+        assert objs[0] == pytest.approx(objs[1], abs=1e-6)
+
+
+def test_relaxed_objective_at_most_exact_and_kelley_tolerance():
+    net = tiny_fc()
+    torch.manual_seed(0)
+    x, y = torch.rand(3, 2), torch.tensor([0, 1, 1])
+    exact = score(net, x, y, ScoreConfig(mode="exact", epsilon=0.3))
+    relaxed = score(net, x, y, ScoreConfig(mode="relaxed", epsilon=0.3))
+    assert relaxed.provenance["solver"]["objective"] <= exact.provenance["solver"]["objective"] + 1e-7
+    for result in (exact, relaxed):
+        assert result.provenance["solver"]["lse_gap"] <= 1e-6
+    assert exact.provenance["selfcheck_error"] <= 1e-6
+
+
+def test_bounds_contain_true_activations_in_the_box():
+    net = tiny_conv()
+    spec = network_spec(net, (1, 4, 4))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (3, 1, 4, 4))
+    eps = 0.05
+    b = interval_bounds(spec, x, eps)
+    for _ in range(200):
+        xs = x + rng.uniform(-eps, eps, x.shape)
+        with torch.no_grad():
+            outs = forward(spec, xs)
+        for out, lo, up in zip(outs, b.lower, b.upper):
+            assert np.all(out >= lo - 1e-12) and np.all(out <= up + 1e-12)
+    # and the float64 spec equals torch on the centre
+    with torch.no_grad():
+        ref = net.double()(torch.from_numpy(x)).numpy()
+    assert np.allclose(forward(spec, x)[-1], ref, atol=1e-12)
+
+
+def test_formulation_sizes_hand_counted():
+    """ε = 1e-5, 4 samples of tiny_fc: count variables and rows by hand from the stability masks."""
+    net = tiny_fc()
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).uniform(0, 1, (4, 2))
+    y = np.array([0, 1, 0, 1])
+    spec = network_spec(net, (2,))
+    b = interval_bounds(spec, x, 1e-5)
+    off1, on1, un1 = stability(b.lower[1], b.upper[1])
+    off2, on2, un2 = stability(b.lower[3], b.upper[3])
+    assert un1.sum() == un2.sum() == 0
+    form = build_formulation(spec, b, x, y, ScoreConfig(mode="exact"))
+    n_z = int((~off1).sum() + (~off2).sum())
+    n_vars = 7 + n_z + 4 * 2 + 4 + 1 + 2  # scores, z, logits, t, theta, excess
+    # a dead first-layer unit has Ũ = 0, so its row L ≤ a ≤ 0 holds a constant and is dropped
+    rows = int(on1.sum() + off2.sum() + on2.sum()) + 4 * 2 + 4 + 2  # relu, logits, 1 cut/sample, sum-largest
+    assert off1.sum() > 0
+    import pyomo.environ as pe
+
+    assert sum(1 for _ in form.model.component_data_objects(pe.Var)) == n_vars
+    assert sum(1 for _ in form.model.component_data_objects(pe.Constraint)) == rows
+
+
+def test_unsupported_layer_is_named():
+    net = nn.Sequential(OrderedDict(fc1=nn.Linear(2, 2), act=nn.Tanh(), fc2=nn.Linear(2, 2)))
+    with pytest.raises(UnsupportedLayerError, match=r"'act' of type Tanh .* supported: Linear, Conv2d"):
+        network_spec(net, (2,))
+
+
+def test_timeout_without_incumbent_raises_named_error(monkeypatch):
+    net = tiny_fc()
+    x, y = torch.rand(2, 2), torch.tensor([0, 1])
+    import critneuron.solve as solve_mod
+
+    monkeypatch.setattr(solve_mod, "_solve_once", lambda *a, **k: {"status": "maxTimeLimit", "feasible": False,
+                                                                       "objective": None, "bound": None})
+    with pytest.raises(SolveError, match="maxTimeLimit and no feasible solution"):
+        score(net, x, y, ScoreConfig())
+
+
+def test_margin_loss_is_lp_and_solves():
+    net = tiny_fc()
+    x, y = torch.rand(3, 2), torch.tensor([0, 1, 1])
+    result = score(net, x, y, ScoreConfig(loss="margin"))
+    assert result.provenance["solver"]["rounds"] == 1
+    assert all(np.all((v >= 0) & (v <= 1)) for v in result.layers.values())
