@@ -1,0 +1,145 @@
+"""Helpers shared by the benchmark scripts: trained-model cache, environment report, tables.
+
+Not part of the package and not tests: the scripts print figures for the README.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from critneuron.config import DataConfig, ModelConfig, paper_train_config, to_dict
+from critneuron.data import TensorData, data_root, load_split
+from critneuron.models import build_model
+from critneuron.train import evaluate, load_checkpoint, save_checkpoint, train_model
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "results"
+DEFAULT_CACHE = DEFAULT_OUT / "checkpoints"
+PACKAGES = ("torch", "torchvision", "numpy", "pyomo", "highspy")
+
+
+def environment() -> dict[str, Any]:
+    """Package versions and the machine the figures come from."""
+    versions = {"python": sys.version.split()[0]}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    machine = {
+        "platform": platform.platform(),
+        "processor": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+    }
+    return {"versions": versions, "machine": machine}
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def print_environment(env: dict[str, Any]) -> None:
+    """One line of versions, one of the machine."""
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()))
+    m = env["machine"]
+    print(f"machine:  {m['processor']}; {m['cpu_count']} CPUs ({m['cpus_usable']} usable); "
+          f"torch threads {m['torch_threads']}; CUDA {'yes' if m['cuda'] else 'no'}; {m['platform']}")
+    print(f"data:     {data_root()}")
+
+
+def load_mnist(subset: int | None = None) -> tuple[DataConfig, TensorData, TensorData, TensorData]:
+    """MNIST train/val/test splits (optionally a seeded training subset, for quick runs)."""
+    cfg = DataConfig(dataset="mnist", subset=subset)
+    return cfg, load_split(cfg, "train"), load_split(cfg, "val"), load_split(cfg, "test")
+
+
+def trained_model(name: str, epochs: int, cache: Path, subset: int | None = None, seed: int = 0,
+                  data: tuple | None = None) -> tuple[torch.nn.Sequential, dict[str, Any]]:
+    """A model trained on MNIST with the paper's optimiser for `epochs`, from `cache` if it is there.
+
+    Returns (model on the CPU in eval mode, info with test accuracy, train seconds, checkpoint path,
+    whether it was reused). `data` is the tuple `load_mnist` returns, to avoid reloading.
+    """
+    data_cfg, train, val, test = data or load_mnist(subset)
+    train_cfg = paper_train_config("mnist", epochs=epochs, seed=seed)
+    model_cfg = ModelConfig(name=name)
+    tag = f"{name}-mnist-e{epochs}-s{seed}" + (f"-n{subset}" if subset else "")
+    path = Path(cache) / f"{tag}.pt"
+    if path.is_file():
+        model, meta = load_checkpoint(path)
+        if (meta["train_config"], meta["model_config"], meta["data_config"]) == (train_cfg, model_cfg, data_cfg):
+            return model.eval(), {**meta["metrics"], "checkpoint": str(path), "reused": True}
+        print(f"  {path.name}: configs differ, retraining")
+    start = time.perf_counter()
+    result = train_model(build_model(name, seed=seed), train, val, train_cfg, device="cpu", progress=False)
+    seconds = time.perf_counter() - start
+    model = result.model.cpu().eval()
+    acc, loss = evaluate(model, test)
+    metrics = {"test_accuracy": acc, "test_loss": loss, "train_seconds": seconds, "best_epoch": result.best_epoch}
+    save_checkpoint(path, model, model_cfg, data_cfg, train_cfg, result.init_state, metrics)
+    return model, {**metrics, "checkpoint": str(path), "reused": False}
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """A fixed-width text table; `columns` are (key, header, format spec), e.g. ("solve", "solve s", ".2f")."""
+    cells = [[_cell(row.get(key), spec) for key, _, spec in columns] for row in rows]
+    heads = [head for _, head, _ in columns]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(heads)]
+    align = [(str.ljust if spec == "s" else str.rjust) for _, _, spec in columns]
+    lines = ["  ".join(a(h, w) for a, h, w in zip(align, heads, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(a(c, w) for a, c, w in zip(align, row, widths)) for row in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any, spec: str) -> str:
+    if value is None:
+        return "-"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def write_results(out: Path, stem: str, rows: list[dict[str, Any]], extra: dict[str, Any]) -> tuple[Path, Path]:
+    """`<out>/<stem>.csv` (the rows, flat) and `<out>/<stem>.json` (rows plus `extra`)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out / f"{stem}.csv", out / f"{stem}.json"
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys and not isinstance(row[k], (dict, list))]
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path.write_text(json.dumps({**extra, "rows": rows}, indent=1, default=_jsonable) + "\n")
+    return csv_path, json_path
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "__dataclass_fields__"):
+        return to_dict(value)
+    return str(value)

@@ -1,0 +1,271 @@
+"""The `critneuron` command: argparse subcommands.
+
+Each subcommand is one `_add_<name>(subparsers)` + `_run_<name>(args) -> int` pair, registered in
+`SUBCOMMANDS`. Options that set a config field come from the dataclass fields and their
+`metadata["help"]` (`add_config_args` / `config_from_args`). Named errors (`CritneuronError`)
+print as one line `error: ...` and exit with status 2.
+
+May import: everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+import typing
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import torch
+import torchvision
+
+from critneuron.book import build_book
+from critneuron.config import (
+    DATASETS, MODELS, CritneuronError, DataConfig, ModelConfig, TrainConfig, config_hash,
+    paper_train_config, to_dict,
+)
+from critneuron.data import AUGMENTED_DATASETS, SPLITS, data_root, dataset_source, load_split
+from critneuron.models import build_model
+from critneuron.store import Store
+from critneuron.sweep import add_arguments as add_sweep_arguments
+from critneuron.sweep import run_from_args as run_sweep_from_args
+from critneuron.train import evaluate, resolve_device, save_checkpoint, train_model
+
+T = TypeVar("T")
+CHOICES: dict[str, Sequence[str]] = {"dataset": DATASETS, "name": MODELS, "optimizer": ("rmsprop", "sgd")}
+
+
+def _dest(cls: type, name: str) -> str:
+    return f"{cls.__name__.lower()}_{name}"
+
+
+def _value_type(hint: Any) -> Callable[[str], Any]:
+    """The argparse `type` of a field annotation (Optional[X] -> X; other unions: a number or text)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if not args:
+        return hint
+    return args[0] if len(args) == 1 else _number_or_text
+
+
+def _number_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def add_config_args(
+    parser: argparse.ArgumentParser,
+    cls: type,
+    rename: Mapping[str, str] | None = None,
+    default_note: Callable[[dataclasses.Field], str] | None = None,
+) -> None:
+    """Add one `--option` per field of the config dataclass `cls`, with the field's help text.
+
+    Flags are the field names with '-' for '_' (a trailing '_' dropped) unless `rename` maps
+    them. Every option defaults to None, meaning "not given"; `default_note(field)` (default:
+    the field's default, if not None) says in the help what applies then.
+    """
+    group = parser.add_argument_group(f"{cls.__name__} options")
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + (rename or {}).get(f.name, f.name.rstrip("_").replace("_", "-"))
+        note = default_note(f) if default_note else f"default: {f.default}" * (f.default is not None)
+        kwargs: dict[str, Any] = {"dest": _dest(cls, f.name), "default": None}
+        kwargs["help"] = f.metadata.get("help", "") + f" ({note})" * bool(note)
+        if hints[f.name] is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            metavar = None if f.name in CHOICES else flag[2:].upper().replace("-", "_")
+            kind = _value_type(hints[f.name])
+            group.add_argument(flag, type=kind, choices=CHOICES.get(f.name), metavar=metavar, **kwargs)
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:
+    """The config `base` (default: `cls()`) with every option given on the command line applied."""
+    given = {
+        f.name: getattr(args, _dest(cls, f.name))
+        for f in dataclasses.fields(cls)
+        if getattr(args, _dest(cls, f.name), None) is not None
+    }
+    return dataclasses.replace(base if base is not None else cls(), **given)
+
+
+def _paper_default(f: dataclasses.Field) -> str:
+    mnist, cifar = (getattr(paper_train_config(d), f.name) for d in ("mnist", "cifar10"))
+    if mnist == cifar:
+        return f"default: {mnist}"
+    return f"default: the paper's value for --dataset, {mnist} for MNIST-like, {cifar} for cifar10"
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train a network and write its checkpoint and metrics",
+        description="Train a network with the authors' settings for the dataset (override with the "
+        "options below); print test accuracy, loss and wall time; write checkpoint.pt and metrics.json.",
+    )
+    add_config_args(parser, ModelConfig, rename={"name": "model"})
+    add_config_args(parser, DataConfig, rename={"root": "data-root"})
+    add_config_args(parser, TrainConfig, default_note=_paper_default)
+    parser.add_argument(
+        "--out", type=Path, help="output folder (default: runs/train/<model>-<dataset>-<config hash>)"
+    )
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when available)")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar (default: on)")
+    parser.set_defaults(run=_run_train)
+
+
+def _plain(configs: dict[str, Any]) -> dict[str, dict]:
+    return {key: to_dict(cfg) for key, cfg in configs.items()}
+
+
+def _provenance(configs: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {
+        "config": _plain(configs),
+        "config_hash": config_hash(_plain(configs)),
+        "seed": seed,
+        "critneuron_version": metadata.version("critneuron"),
+        "torch_version": str(torch.__version__),
+        "torchvision_version": str(torchvision.__version__),
+        "python_version": platform.python_version(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "argv": sys.argv,
+    }
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    model_cfg = config_from_args(ModelConfig, args)
+    data_cfg = config_from_args(DataConfig, args)
+    train_cfg = config_from_args(TrainConfig, args, base=paper_train_config(data_cfg.dataset))
+    configs = {"model": model_cfg, "data": data_cfg, "train": train_cfg}
+    name = f"{model_cfg.name}-{data_cfg.dataset}-{config_hash(_plain(configs))}"
+    out, device = args.out or Path("runs", "train", name), resolve_device(args.device)
+    train, val, test = (load_split(data_cfg, split) for split in SPLITS)
+    model = build_model(model_cfg.name, model_cfg.width, seed=train_cfg.seed)
+    augment = data_cfg.dataset in AUGMENTED_DATASETS
+    result = train_model(model, train, val, train_cfg, augment, device, args.progress)
+    test_accuracy, test_loss = evaluate(result.model, test)
+    metrics = {
+        "test_accuracy": test_accuracy, "test_loss": test_loss, "best_epoch": result.best_epoch,
+        "history": result.history, "augment": augment, "device": str(device),
+        "data_source": dataset_source(data_cfg), "data_root": str(data_root(data_cfg.root)),
+        "sizes": {"train": len(train), "val": len(val), "test": len(test)},
+        "train_seconds": result.train_seconds, "wall_seconds": time.perf_counter() - start,
+        **_provenance(configs, train_cfg.seed),
+    }
+    save_checkpoint(out / "checkpoint.pt", result.model, *configs.values(), result.init_state, metrics)
+    _write_json(out / "metrics.json", metrics)
+    print(f"test accuracy {test_accuracy:.4f}  test loss {test_loss:.4f}  "
+          f"wall time {metrics['wall_seconds']:.1f} s  ({out})")
+    return 0
+
+
+def _add_book(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "book", help="execute the notebooks on a profile and build the HTML book",
+        description="Run every notebooks/NN_*.ipynb with papermill into BOOK_DIR/_build/executed/ "
+        "(profile parameters injected, one progress line each), then `jupyter-book build` into "
+        "BOOK_DIR/_build/html. A failing notebook is named with its cell; the others still run.",
+    )
+    parser.add_argument("--profile", default="quick",
+                        help="smoke, quick or paper (notebooks/profiles/NAME.yaml), or a YAML path "
+                        "(default: quick)")
+    parser.add_argument("--only", nargs="+", metavar="NAME",
+                        help="run only these notebooks (stem or number, e.g. 02_pruning or 02); "
+                        "the others keep their executed copies")
+    parser.add_argument("--timeout", type=float, help="seconds per notebook (default: the profile's timeout)")
+    parser.add_argument("--book-dir", type=Path, default=Path("book"), help="the book folder (default: book)")
+    parser.add_argument("--notebooks-dir", type=Path, default=Path("notebooks"),
+                        help="the notebooks folder (default: notebooks)")
+    parser.set_defaults(run=_run_book)
+
+
+def _run_book(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    index = build_book(args.profile, notebooks_dir=args.notebooks_dir, book_dir=args.book_dir,
+                       only=args.only, timeout=args.timeout)
+    print(f"book built in {time.perf_counter() - start:.1f} s: {index}")
+    return 0
+
+
+def _add_sweep(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "sweep", help="run a sweep file on Dask, skipping runs already stored",
+        description="Expand a sweep file (see sweeps/) into run configs, skip the complete ones in the "
+        "results store and run the rest on a local Dask cluster, an existing one (--scheduler "
+        "tcp://host:8786) or serially. Failures are recorded per run; rerun to retry them.",
+    )
+    add_sweep_arguments(parser)
+    parser.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    return run_sweep_from_args(args)
+
+
+def _add_results(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("results", help="list, show and export stored runs")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ls = actions.add_parser("ls", help="one line per run: kind, key, status (and error)")
+    show = actions.add_parser("show", help="config, result and artifacts of one run as JSON")
+    show.add_argument("key", help="run key, or a prefix that names one run")
+    export = actions.add_parser("export", help="one CSV row per complete run (config and scalar results)")
+    export.add_argument("--csv", required=True, type=Path, help="output CSV file")
+    for sub in (ls, show, export):
+        sub.add_argument("--kind", help="only runs of this kind, e.g. prune, score, train")
+        sub.add_argument("--results", help="results root (default: $CRITNEURON_RESULTS, else results)")
+    parser.set_defaults(run=_run_results)
+
+
+def _run_results(args: argparse.Namespace) -> int:
+    store = Store(args.results)
+    if args.action == "ls":
+        for record in store.ls(args.kind):
+            error = record.get("error", "").strip().splitlines()[-1:]
+            print(f"{record['kind']:<8} {record['key']}  {record['status']}", *error, sep="  ")
+    elif args.action == "show":
+        record = store.find(args.key, args.kind)
+        shown = store.read(record["kind"], record["key"]) if record["status"] == "complete" else record
+        print(json.dumps(shown, indent=1))
+    else:
+        print(f"{store.export_csv(args.kind, args.csv)} runs -> {args.csv}")
+    return 0
+
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_book, _add_sweep, _add_results)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every subcommand in `SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="critneuron", description="Identifying critical neurons with mixed-integer programming."
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `critneuron` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except CritneuronError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

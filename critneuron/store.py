@@ -1,0 +1,386 @@
+"""Content-addressed run folders with atomic writes, skip-if-complete and CSV export.
+
+Job: persist results at the edge of the computation. One folder per run key,
+``<root>/<kind>/<key>/``, holding ``config.json``, ``meta.json`` (kind, key, inputs, time),
+``log.txt``, ``artifacts/<name>`` and, written last, ``result.json``: a folder is complete
+exactly when its ``result.json`` exists. Everything is first written into a temp folder
+``<root>/<kind>/.tmp-<key>-<random>`` and then moved into place with one ``os.rename``, so a
+crash or SIGKILL at any moment never leaves a folder that reads as complete, and two workers
+writing the same key leave one intact result (the second discards its copy). A failed run is
+recorded as ``failed.json`` in the same place; it is not complete, so a rerun retries it.
+`Store.cached` holds a per-key file lock while computing, so concurrent workers that need the
+same stage (e.g. one trained net for a whole λ sweep) compute it once.
+
+May import (critneuron): config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import fcntl
+import io
+import json
+import os
+import platform
+import shutil
+import socket
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+
+import numpy as np
+
+from critneuron.config import CritneuronError, config_hash, to_dict
+
+if TYPE_CHECKING:
+    import pandas
+
+RESULTS_ENV = "CRITNEURON_RESULTS"
+RESULT, FAILED, CONFIG, META, LOG, ARTIFACTS = (
+    "result.json", "failed.json", "config.json", "meta.json", "log.txt", "artifacts",
+)
+_VERSIONED = ("critneuron", "torch", "pyomo", "highspy")
+
+
+class RunNotFoundError(CritneuronError, LookupError):
+    """No complete run is stored under this kind and key."""
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """What a computation may return to be stored: a JSON-able result, artifacts and a log.
+
+    Artifact names choose the format by extension: ``.json`` (JSON-able value), ``.npz``
+    (mapping of arrays), ``.npy`` (array), ``.csv`` (pandas DataFrame or text); any other
+    name takes ``bytes`` or ``str``.
+    """
+
+    result: dict
+    artifacts: Mapping[str, Any] = field(default_factory=dict)
+    log: str = ""
+
+
+def versions() -> dict:
+    """Versions of Python and of the packages that determine a result (None if missing)."""
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _plain(value: Any) -> Any:
+    """JSON-able plain data: dataclasses as dicts, numpy arrays and scalars as lists/numbers."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = to_dict(value)
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, (np.ndarray, np.generic)):
+            return obj.tolist()
+        raise TypeError(f"{type(obj).__name__} is not JSON-able: {obj!r:.80}")
+
+    return json.loads(json.dumps(value, default=default))
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _encode_artifact(name: str, value: Any) -> bytes:
+    """Serialise one artifact by the extension of its name."""
+    suffix = Path(name).suffix
+    if suffix == ".json":
+        return json.dumps(_plain(value), indent=1, sort_keys=True).encode()
+    if suffix in (".npz", ".npy"):
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **value) if suffix == ".npz" else np.save(buf, value)
+        return buf.getvalue()
+    if suffix == ".csv" and hasattr(value, "to_csv"):
+        return value.to_csv(index=False).encode()
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    raise TypeError(f"artifact {name!r}: expected bytes or str, got {type(value).__name__}")
+
+
+def _decode_artifact(path: Path) -> Any:
+    """Read one artifact back: JSON value, dict of arrays, array, or bytes."""
+    if path.suffix == ".json":
+        return json.loads(path.read_text())
+    if path.suffix == ".npz":
+        with np.load(path) as npz:
+            return {name: npz[name] for name in npz.files}
+    if path.suffix == ".npy":
+        return np.load(path)
+    return path.read_bytes()
+
+
+def _check_name(name: str, what: str) -> None:
+    if not name or name.startswith(".") or "/" in name or os.sep in name:
+        raise ValueError(f"{what} {name!r} must be a plain name (no '/', not starting with '.')")
+
+
+def _flatten(data: Mapping, prefix: str = "") -> dict:
+    """Dotted names of the scalar leaves of nested mappings (lists are left out)."""
+    flat = {}
+    for name, value in data.items():
+        dotted = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, dotted + "."))
+        elif value is None or isinstance(value, (bool, int, float, str)):
+            flat[dotted] = value
+    return flat
+
+
+def _dump_json(path: Path, value: Any) -> None:
+    _write_bytes(path, json.dumps(_plain(value), indent=1, sort_keys=True).encode())
+
+
+def _meta(kind: str, key: str, inputs: Mapping | None) -> dict:
+    return {
+        "kind": kind,
+        "key": key,
+        "inputs": dict(inputs or {}),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+    }
+
+
+class Store:
+    """Run folders under one root (default: ``$CRITNEURON_RESULTS``, else ``./results``).
+
+    Example:
+        >>> store = Store("results")
+        >>> result = store.cached("prune", cfg, lambda: prune_task(cfg), **versions())
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None) -> None:
+        self.root = Path(root if root is not None else os.environ.get(RESULTS_ENV, "results"))
+
+    def key(self, kind: str, config: Any, **inputs: Any) -> str:
+        """Hash of everything that determines a run: kind, full config and the inputs.
+
+        Pass as inputs whatever else decides the result (weights hash, dataset, batch
+        indices, ``**versions()``). Dataclass and dict configs with equal fields share a key.
+        """
+        _check_name(kind, "kind")
+        return config_hash(_plain(config), kind=kind, inputs=_plain(inputs))
+
+    def path(self, kind: str, key: str) -> Path:
+        """The folder of one run (it may not exist)."""
+        _check_name(kind, "kind")
+        _check_name(key, "key")
+        return self.root / kind / key
+
+    def is_complete(self, kind: str, key: str) -> bool:
+        """Whether the run's ``result.json`` exists (it is written last, atomically)."""
+        return (self.path(kind, key) / RESULT).is_file()
+
+    def read(self, kind: str, key: str) -> dict:
+        """Config, result, meta and artifact names of a complete run."""
+        folder = self.path(kind, key)
+        if not self.is_complete(kind, key):
+            raise RunNotFoundError(f"no complete {kind!r} run {key!r} under {self.root}")
+        artifacts = sorted(p.name for p in (folder / ARTIFACTS).iterdir())
+        return {
+            "kind": kind,
+            "key": key,
+            "path": str(folder),
+            "config": json.loads((folder / CONFIG).read_text()),
+            "result": json.loads((folder / RESULT).read_text()),
+            "meta": json.loads((folder / META).read_text()),
+            "artifacts": artifacts,
+        }
+
+    def load_artifact(self, kind: str, key: str, name: str) -> Any:
+        """One artifact of a complete run, decoded by its extension (see `RunOutput`)."""
+        _check_name(name, "artifact")
+        self.read(kind, key)
+        return _decode_artifact(self.path(kind, key) / ARTIFACTS / name)
+
+    def write(self, kind: str, key: str, config: Any, output: RunOutput | dict,
+              inputs: Mapping | None = None) -> bool:
+        """Store a complete run atomically; False if another writer completed it first."""
+        output = output if isinstance(output, RunOutput) else RunOutput(result=output)
+        if not isinstance(output.result, Mapping):
+            raise TypeError(f"a result must be a dict, got {type(output.result).__name__}")
+        tmp = self._temp(kind, key)
+        try:
+            self._fill(tmp, kind, key, config, inputs, output.log)
+            (tmp / ARTIFACTS).mkdir()
+            for name, value in output.artifacts.items():
+                _check_name(name, "artifact")
+                _write_bytes(tmp / ARTIFACTS / name, _encode_artifact(name, value))
+            _dump_json(tmp / RESULT, output.result)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self._publish(tmp, self.path(kind, key))
+
+    def record_failure(self, kind: str, key: str, config: Any, error_text: str,
+                       inputs: Mapping | None = None, log: str = "") -> bool:
+        """Record a failed run (``failed.json``); never replaces a complete run."""
+        tmp = self._temp(kind, key)
+        try:
+            self._fill(tmp, kind, key, config, inputs, log)
+            _dump_json(tmp / FAILED, {"error": error_text, "host": socket.gethostname()})
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return self._publish(tmp, self.path(kind, key))
+
+    def cached(self, kind: str, config: Any, compute_fn: Callable[[], RunOutput | dict],
+               **inputs: Any) -> dict:
+        """The stored result of this run if complete; else ``compute_fn()``, stored, returned.
+
+        Concurrent callers of one key compute it once (see `lock`). The result is always read
+        back from disk, so fresh and cached calls return the same.
+        """
+        key = self.key(kind, config, **inputs)
+        if not self.is_complete(kind, key):
+            with self.lock(kind, key):
+                if not self.is_complete(kind, key):  # not finished by another process meanwhile
+                    self.write(kind, key, config, compute_fn(), inputs=inputs)
+        return self.read(kind, key)["result"]
+
+    @contextmanager
+    def lock(self, kind: str, key: str) -> Iterator[None]:
+        """Hold an exclusive lock on one run across processes while computing it.
+
+        A POSIX ``flock`` on ``<root>/.locks/<kind>.<key>``: the kernel releases it when the
+        holder dies, so a killed worker never blocks the others.
+        """
+        folder = self.root / ".locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"{kind}.{self.path(kind, key).name}", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def find(self, key_prefix: str, kind: str | None = None) -> dict:
+        """The `ls` record of the one run whose key starts with ``key_prefix``."""
+        found = [r for r in self.ls(kind) if r["key"].startswith(key_prefix)]
+        if len(found) != 1:
+            what = "no run" if not found else f"{len(found)} runs"
+            raise RunNotFoundError(f"{what} under {self.root} with a key starting {key_prefix!r}")
+        return found[0]
+
+    def ls(self, kind: str | None = None) -> list[dict]:
+        """Records (kind, key, status, path, error) of every run folder, sorted."""
+        kinds = [kind] if kind is not None else self._kinds()
+        records = []
+        for name in kinds:
+            folder = self.root / name
+            if folder.is_dir():
+                keys = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+                records.extend(self._record(name, key) for key in keys)
+        return records
+
+    def to_frame(self, kind: str | None = None) -> pandas.DataFrame:
+        """One row per complete run: kind, key, dotted config fields, scalar result fields.
+
+        A result field whose name equals a config column is prefixed ``result.``.
+        """
+        import pandas  # heavy; only tables need it, not the workers that write runs
+
+        rows = []
+        for record in self.ls(kind):
+            if record["status"] == "complete":
+                run = self.read(record["kind"], record["key"])
+                row = {"kind": run["kind"], "key": run["key"], **_flatten(run["config"])}
+                for name, value in _flatten(run["result"]).items():
+                    row[f"result.{name}" if name in row else name] = value
+                rows.append(row)
+        return pandas.DataFrame(rows)
+
+    def export_csv(self, kind: str | None, path: str | os.PathLike) -> int:
+        """Write `to_frame(kind)` as CSV; returns the number of rows."""
+        frame = self.to_frame(kind)
+        frame.to_csv(path, index=False)
+        return len(frame)
+
+    def remove_stale_temp(self, max_age_s: float = 3600.0) -> int:
+        """Delete temp folders older than ``max_age_s`` (left by killed writers); count them."""
+        cutoff = time.time() - max_age_s
+        removed = 0
+        for path in (p for name in self._kinds() for p in (self.root / name).iterdir()):
+            try:
+                stale = path.name.startswith((".tmp-", ".trash-")) and path.stat().st_mtime < cutoff
+            except FileNotFoundError:  # published or removed meanwhile
+                continue
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
+
+    def _kinds(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def _record(self, kind: str, key: str) -> dict:
+        folder = self.root / kind / key
+        record = {"kind": kind, "key": key, "status": "incomplete", "path": str(folder)}
+        if (folder / RESULT).is_file():
+            record["status"] = "complete"
+        elif (folder / FAILED).is_file():
+            record["status"] = "failed"
+            record["error"] = json.loads((folder / FAILED).read_text())["error"]
+        return record
+
+    def _temp(self, kind: str, key: str) -> Path:
+        parent = self.path(kind, key).parent
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".tmp-{key}-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        return tmp
+
+    def _fill(self, tmp: Path, kind: str, key: str, config: Any, inputs: Mapping | None, log: str) -> None:
+        _dump_json(tmp / CONFIG, config)
+        _dump_json(tmp / META, _meta(kind, key, inputs))
+        _write_bytes(tmp / LOG, log.encode())
+
+    def _publish(self, tmp: Path, final: Path) -> bool:
+        """Rename ``tmp`` to ``final``; keep an existing complete run, replace a failed one."""
+        for _ in range(10):
+            try:
+                os.rename(tmp, final)
+                return True
+            except OSError as err:
+                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+            if (final / RESULT).is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+                return False
+            self._retire(final)
+        raise OSError(f"could not publish {final}: other writers keep replacing it")
+
+    @staticmethod
+    def _retire(final: Path) -> None:
+        """Move an incomplete (failed) run folder aside and delete it."""
+        trash = final.parent / f".trash-{final.name}-{uuid.uuid4().hex}"
+        try:
+            os.rename(final, trash)
+        except FileNotFoundError:
+            return
+        if (trash / RESULT).is_file():  # completed by another writer since we looked: restore it
+            try:
+                os.rename(trash, final)
+                return
+            except OSError:
+                pass
+        shutil.rmtree(trash, ignore_errors=True)

@@ -1,0 +1,153 @@
+"""The book: profile validation, notebook skeletons, papermill failures, and a real smoke build."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+from critneuron import book
+from critneuron.config import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+SKELETON = ("## Overview", "## Prerequisites", "## Parameters", "## Imports", "## 1. ",
+            "## Summary", "### What's next?", "## References")
+
+
+def write_notebook(path: Path, *sources: str) -> None:
+    """A notebook whose first code cell is tagged `parameters`."""
+    cells = [new_code_cell(src) for src in sources]
+    cells[0].metadata["tags"] = ["parameters"]
+    kernel = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": kernel}), path)
+
+
+@pytest.fixture
+def toy_notebooks(tmp_path: Path) -> Path:
+    """notebooks/ with 01_fine, 02_broken (raises in its 3rd cell), 03_after, and profile toy.yaml."""
+    folder = tmp_path / "notebooks"
+    (folder / "profiles").mkdir(parents=True)
+    write_notebook(folder / "01_fine.ipynb", "x = 0", "print(x)")
+    write_notebook(folder / "02_broken.ipynb", "x = 0\ny = 0", "y = x + 1", "raise ValueError('boom')",
+                   "z = 1")
+    write_notebook(folder / "03_after.ipynb", "x = 0", "print(x)")
+    (folder / "profiles" / "toy.yaml").write_text("timeout: 120\ncommon: {x: 1}\n")
+    return folder
+
+
+def digest(folder: Path) -> dict[str, str]:
+    """SHA-256 of every file under a folder, keyed by name."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_smoke_book_builds_every_chapter_with_tables_and_figure(tmp_path: Path) -> None:
+    book_dir = tmp_path / "book"
+    shutil.copytree(REPO / "book", book_dir, ignore=shutil.ignore_patterns("_build"))
+    before = digest(NOTEBOOKS)
+    index = book.build_book("smoke", notebooks_dir=NOTEBOOKS, book_dir=book_dir)
+    assert index == book_dir / "_build" / "html" / "index.html" and index.is_file()
+    assert digest(NOTEBOOKS) == before
+    html = book_dir / "_build" / "html"
+    for page in ("intro", "reproducibility", "code"):
+        assert (html / f"{page}.html").is_file()
+    stems = [nb.stem for nb in book.list_notebooks(NOTEBOOKS)]
+    for stem in stems:
+        page = (html / "_build" / "executed" / f"{stem}.html").read_text()
+        assert "Traceback" not in page, stem
+    executed = book_dir / "_build" / "executed"
+    tables = book.read_tables(executed)
+    summary = (html / "_build" / "executed" / "06_results_summary.html").read_text()
+    assert tables and all(name in summary for name in tables)
+    assert "<table" in summary and "<img" in summary
+    timings = json.loads((executed / "timings.json").read_text())
+    assert sorted(timings) == stems and all(t["status"] == "ok" for t in timings.values())
+    provenance = json.loads((executed / "profile.json").read_text())
+    assert provenance["profile"] == "smoke" and provenance["versions"]["papermill"]
+
+
+def test_raising_notebook_fails_the_build_with_its_name_and_cell(toy_notebooks: Path, tmp_path: Path) -> None:
+    book_dir = tmp_path / "book"
+    with pytest.raises(book.BookError, match=r"02_broken: failed in cell 3 .*ValueError: boom"):
+        book.build_book("toy", notebooks_dir=toy_notebooks, book_dir=book_dir)
+    executed = book_dir / "_build" / "executed"
+    assert (executed / "01_fine.ipynb").is_file() and (executed / "03_after.ipynb").is_file()
+    statuses = {k: v["status"] for k, v in json.loads((executed / "timings.json").read_text()).items()}
+    assert statuses == {"01_fine": "ok", "02_broken": "failed", "03_after": "ok"}
+    assert not (book_dir / "_build" / "html").exists()
+
+
+def test_timeout_interrupts_the_notebook_and_names_the_cell(toy_notebooks: Path, tmp_path: Path) -> None:
+    write_notebook(toy_notebooks / "04_slow.ipynb", "x = 0", "import time\ntime.sleep(120)")
+    runs = book.execute_notebooks(book.load_profile("toy", toy_notebooks), [toy_notebooks / "04_slow.ipynb"],
+                                  tmp_path, timeout=4)
+    assert runs[0].status == "timeout" and runs[0].wall_s < 60
+    assert "timed out after 4 s in cell 2 ('import time')" in runs[0].message
+
+
+def test_profile_parameters_merge_common_and_notebook_keys(toy_notebooks: Path) -> None:
+    (toy_notebooks / "profiles" / "toy.yaml").write_text("common: {x: 1}\n02_broken: {x: 2, y: 3}\n")
+    profile = book.load_profile("toy", toy_notebooks)
+    assert profile.parameters == {"01_fine": {"x": 1}, "02_broken": {"x": 2, "y": 3}, "03_after": {"x": 1}}
+    assert profile.timeout is None and profile.name == "toy"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("common: {}\n07_missing: {x: 1}\n", r"unknown notebook key\(s\) \['07_missing'\]"),
+    ("common: {epoch: 1}\n", r"notebook 01_fine has no parameter\(s\) \['epoch'\]"),
+    ("common: {output_dir: x}\n", r"'common' sets \['output_dir'\], which book.py injects"),
+    ("01_fine: [1, 2]\n", r"'01_fine' must be a mapping"),
+    ("timeout: -5\n", r"timeout must be a positive number or null, got -5"),
+    ("common: {x: [1\n", r"invalid YAML"),
+])
+def test_invalid_profiles_raise_config_error(toy_notebooks: Path, text: str, message: str) -> None:
+    (toy_notebooks / "profiles" / "bad.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"profile .*bad\.yaml: " + message):
+        book.load_profile("bad", toy_notebooks)
+
+
+def test_missing_profile_names_the_available_ones(toy_notebooks: Path) -> None:
+    with pytest.raises(ConfigError, match=r"profile 'smok' not found at .*smok\.yaml; available: toy"):
+        book.load_profile("smok", toy_notebooks)
+
+
+def test_only_selects_by_stem_or_number_and_rejects_unknown(toy_notebooks: Path) -> None:
+    notebooks = book.list_notebooks(toy_notebooks)
+    assert [nb.stem for nb in book.select_notebooks(notebooks, ["03", "01_fine"])] == ["01_fine", "03_after"]
+    with pytest.raises(ConfigError, match=r"--only '09': no such notebook"):
+        book.select_notebooks(notebooks, ["09"])
+
+
+@pytest.mark.parametrize("profile", ["smoke", "quick", "paper"])
+def test_repository_profiles_fit_the_notebooks(profile: str) -> None:
+    loaded = book.load_profile(profile, NOTEBOOKS)
+    assert sorted(loaded.parameters) == [nb.stem for nb in book.list_notebooks(NOTEBOOKS)]
+
+
+@pytest.mark.parametrize("notebook", book.list_notebooks(NOTEBOOKS), ids=lambda p: p.stem)
+def test_notebooks_follow_the_skeleton_and_have_no_outputs(notebook: Path) -> None:
+    nb = nbformat.read(notebook, as_version=4)
+    markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    assert sum(line.startswith("# ") for md in markdown for line in md.splitlines()) == 1
+    positions = [next(i for i, md in enumerate(markdown) if md.startswith(h)) for h in SKELETON]
+    assert positions == sorted(positions)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert not any("def " in c.source for c in code)
+
+
+def test_save_table_round_trips_and_rejects_bad_names(tmp_path: Path) -> None:
+    table = pd.DataFrame({"model": ["lenet5"], "accuracy": [0.99]})
+    path = book.save_table(table, "02_pruning", "accuracy", tmp_path)
+    assert path == tmp_path / "02_pruning__accuracy.csv"
+    pd.testing.assert_frame_equal(book.read_tables(tmp_path)["02_pruning__accuracy"], table)
+    with pytest.raises(ConfigError, match=r"table name .* got '../x'"):
+        book.save_table(table, "02_pruning", "../x", tmp_path)

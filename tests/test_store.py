@@ -1,0 +1,224 @@
+"""Tests of critneuron.store: keys, atomic run folders under SIGKILL and concurrent writers."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from critneuron.config import RunConfig, ScoreConfig, to_dict
+from critneuron.store import RESULTS_ENV, RunNotFoundError, RunOutput, Store, versions
+
+CONFIG = {"score": {"lambda_": 5.0, "mode": "relaxed"}, "model": {"name": "lenet5"}}
+INPUTS = {"weights": "ab12", "batch": np.arange(1000), "solver": "appsi_highs"}
+
+# A writer that announces each file it writes, then sleeps, so the parent can SIGKILL it
+# between two writes. argv: root, label, number of the write after which it pauses long.
+WRITER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import numpy as np
+    import critneuron.store as store
+    root, label, pause_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    real, count = store._write_bytes, 0
+    def announcing(path, data):
+        global count
+        real(path, data)
+        count += 1
+        print("wrote", Path(path).name, flush=True)
+        time.sleep(30 if count == pause_after else 0.05)
+    store._write_bytes = announcing
+    go = Path(root) / "go"
+    while not go.exists():
+        time.sleep(0.01)
+    s = store.Store(root)
+    key = s.key("prune", {"a": 1})
+    out = store.RunOutput({"writer": label}, {"who.json": label, "w.npz": {"w": np.ones(1000)}}, "log")
+    print("published", s.write("prune", key, {"a": 1}, out), flush=True)
+""")
+WRITES = ["config.json", "meta.json", "log.txt", "who.json", "w.npz", "result.json"]
+
+
+def start_writer(root: Path, label: str, pause_after: int = 0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", WRITER, str(root), label, str(pause_after)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_key_changes_when_and_only_when_an_input_changes():
+    store = Store("unused")
+    key = store.key("prune", CONFIG, **INPUTS)
+    reordered = {"model": {"name": "lenet5"}, "score": {"mode": "relaxed", "lambda_": 5.0}}
+    assert store.key("prune", reordered, **dict(reversed(list(INPUTS.items())))) == key
+    assert store.key("prune", CONFIG, **{**INPUTS, "batch": list(range(1000))}) == key
+    batch = np.arange(1000)
+    batch[500] = -1  # a change that a truncated array repr would hide
+    changed = [
+        store.key("score", CONFIG, **INPUTS),
+        store.key("prune", {**CONFIG, "score": {"lambda_": 6.0, "mode": "relaxed"}}, **INPUTS),
+        store.key("prune", CONFIG, **{**INPUTS, "weights": "ab13"}),
+        store.key("prune", CONFIG, **{**INPUTS, "batch": batch}),
+        store.key("prune", CONFIG, **INPUTS, torch="2.14.1"),
+        store.key("prune", CONFIG, **{k: v for k, v in INPUTS.items() if k != "solver"}),
+    ]
+    assert len(set(changed)) == len(changed) and key not in changed
+
+
+def test_dataclass_and_dict_configs_share_a_key():
+    cfg = RunConfig(score=ScoreConfig(lambda_=3.0))
+    store = Store("unused")
+    assert store.key("prune", cfg, **versions()) == store.key("prune", to_dict(cfg), **versions())
+    assert store.key("prune", cfg) != store.key("prune", dataclasses.replace(cfg, score=ScoreConfig()))
+
+
+def test_versions_names_the_stack():
+    found = versions()
+    assert set(found) == {"python", "critneuron", "torch", "pyomo", "highspy"}
+    assert found["critneuron"] is not None and found["python"].count(".") == 2
+
+
+def test_root_defaults_to_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(RESULTS_ENV, str(tmp_path / "r"))
+    assert Store().root == tmp_path / "r"
+    monkeypatch.delenv(RESULTS_ENV)
+    assert Store().root == Path("results")
+
+
+def test_write_and_read_back_every_artifact_format(tmp_path):
+    store = Store(tmp_path)
+    key = store.key("prune", CONFIG)
+    frame = pd.DataFrame({"layer": ["c1", "f1"], "kept": [3, 7]})
+    artifacts = {"scores.npz": {"c1": np.array([0.1, 0.9])}, "mask.npy": np.array([1, 0]),
+                 "kept.json": {"c1": [0, 2]}, "table.csv": frame, "raw.bin": b"\x00\x01"}
+    assert store.write("prune", key, CONFIG, RunOutput({"acc": 0.98}, artifacts, "trained\n"), inputs={"w": "x"})
+    run = store.read("prune", key)
+    assert (run["config"], run["result"], run["meta"]["inputs"]) == (CONFIG, {"acc": 0.98}, {"w": "x"})
+    assert run["artifacts"] == sorted(artifacts)
+    assert store.load_artifact("prune", key, "scores.npz")["c1"].tolist() == [0.1, 0.9]
+    assert store.load_artifact("prune", key, "mask.npy").tolist() == [1, 0]
+    assert store.load_artifact("prune", key, "kept.json") == {"c1": [0, 2]}
+    assert pd.read_csv(Path(run["path"]) / "artifacts" / "table.csv").equals(frame)
+    assert store.load_artifact("prune", key, "raw.bin") == b"\x00\x01"
+    assert (Path(run["path"]) / "log.txt").read_text() == "trained\n"
+
+
+def test_cached_computes_once_and_returns_the_stored_result(tmp_path):
+    store, calls = Store(tmp_path), []
+
+    def compute() -> dict:
+        calls.append(1)
+        return {"acc": 0.5, "sizes": (1, 2)}
+
+    first = store.cached("prune", CONFIG, compute, weights="ab12")
+    second = store.cached("prune", CONFIG, compute, weights="ab12")
+    assert first == second == {"acc": 0.5, "sizes": [1, 2]} and len(calls) == 1
+    store.cached("prune", CONFIG, compute, weights="other")
+    assert len(calls) == 2
+
+
+def test_failure_is_not_complete_and_a_rerun_replaces_it(tmp_path):
+    store = Store(tmp_path)
+    key = store.key("prune", CONFIG)
+    assert store.record_failure("prune", key, CONFIG, "Traceback ...\nValueError: boom")
+    assert not store.is_complete("prune", key)
+    assert store.ls("prune") == [{"kind": "prune", "key": key, "status": "failed",
+                                  "path": str(tmp_path / "prune" / key),
+                                  "error": "Traceback ...\nValueError: boom"}]
+    with pytest.raises(RunNotFoundError, match=f"no complete 'prune' run '{key}'"):
+        store.read("prune", key)
+    assert store.cached("prune", CONFIG, lambda: {"acc": 1.0}) == {"acc": 1.0}
+    assert not store.record_failure("prune", key, CONFIG, "late failure")
+    assert store.ls() == [{"kind": "prune", "key": key, "status": "complete", "path": str(tmp_path / "prune" / key)}]
+    assert not list((tmp_path / "prune").glob(".*"))
+
+
+def test_a_result_that_is_not_json_leaves_nothing(tmp_path):
+    store = Store(tmp_path)
+    with pytest.raises(TypeError, match="object is not JSON-able"):
+        store.write("prune", "k1", CONFIG, {"acc": object()})
+    assert store.ls() == [] and not list((tmp_path / "prune").iterdir())
+
+
+def test_to_frame_and_export_csv_flatten_config_and_scalar_results(tmp_path):
+    store = Store(tmp_path)
+    for lam in (2.0, 1.0):
+        cfg = {"score": {"lambda_": lam}}
+        store.write("prune", store.key("prune", cfg), cfg, {"acc": lam / 10, "solve": {"gap": 0.0}, "kept": [1, 2]})
+    store.record_failure("prune", "f" * 16, CONFIG, "boom")
+    frame = store.to_frame("prune").sort_values("score.lambda_")
+    assert list(frame.columns) == ["kind", "key", "score.lambda_", "acc", "solve.gap"]
+    assert frame["acc"].tolist() == [0.1, 0.2]
+    assert store.export_csv(None, tmp_path / "out.csv") == 2
+    assert pd.read_csv(tmp_path / "out.csv").sort_values("score.lambda_")["acc"].tolist() == [0.1, 0.2]
+
+
+@pytest.mark.parametrize("pause_after", [1, 4, len(WRITES)])
+def test_sigkill_mid_write_leaves_no_complete_result(tmp_path, pause_after):
+    (tmp_path / "go").touch()
+    writer = start_writer(tmp_path, "killed", pause_after)
+    lines = [writer.stdout.readline().split() for _ in range(pause_after)]
+    writer.send_signal(signal.SIGKILL)
+    writer.wait()
+    assert [line[1] for line in lines] == WRITES[:pause_after]
+    store, key = Store(tmp_path), Store(tmp_path).key("prune", {"a": 1})
+    assert not store.is_complete("prune", key) and store.ls() == []
+    (temp,) = (tmp_path / "prune").glob(".tmp-*")
+    assert (temp / "result.json").exists() == (pause_after == len(WRITES))
+    assert store.cached("prune", {"a": 1}, lambda: {"writer": "rerun"}) == {"writer": "rerun"}
+    assert store.remove_stale_temp(max_age_s=0) == 1
+    assert [p.name for p in (tmp_path / "prune").iterdir()] == [key]
+
+
+@pytest.mark.parametrize("earlier_failure", [False, True])
+def test_two_processes_writing_one_key_leave_one_intact_result(tmp_path, earlier_failure):
+    store = Store(tmp_path)
+    key = store.key("prune", {"a": 1})
+    if earlier_failure:
+        store.record_failure("prune", key, {"a": 1}, "boom")
+    writers = [start_writer(tmp_path, label) for label in ("one", "two")]
+    time.sleep(0.3)
+    (tmp_path / "go").touch()
+    outputs = [w.communicate(timeout=30)[0] for w in writers]
+    assert [w.returncode for w in writers] == [0, 0]
+    published = [out.strip().splitlines()[-1] for out in outputs]
+    assert sorted(published) == ["published False", "published True"]
+    assert all("wrote result.json" in out for out in outputs)  # the loser wrote a full copy too
+    run = store.read("prune", key)
+    assert store.load_artifact("prune", key, "who.json") == run["result"]["writer"]
+    assert store.load_artifact("prune", key, "w.npz")["w"].sum() == 1000
+    assert [p.name for p in (tmp_path / "prune").iterdir()] == [key]
+    assert json.loads((tmp_path / "prune" / key / "meta.json").read_text())["key"] == key
+    assert not os.path.exists(tmp_path / "prune" / key / "failed.json")
+
+
+CACHED = textwrap.dedent("""
+    import sys, time, uuid
+    from pathlib import Path
+    from critneuron.store import Store
+    root = Path(sys.argv[1])
+    def compute():
+        (root / f"ran-{uuid.uuid4().hex}").touch()
+        time.sleep(1.0)
+        return {"value": 1}
+    while not (root / "go").exists():
+        time.sleep(0.01)
+    print(Store(root).cached("train", {"a": 1}, compute))
+""")
+
+
+def test_concurrent_cached_calls_compute_once(tmp_path):
+    callers = [subprocess.Popen([sys.executable, "-c", CACHED, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+               for _ in range(2)]
+    time.sleep(0.3)
+    (tmp_path / "go").touch()
+    assert [c.communicate(timeout=30)[0] for c in callers] == ["{'value': 1}\n"] * 2
+    assert len(list(tmp_path.glob("ran-*"))) == 1
