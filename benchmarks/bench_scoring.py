@@ -3,10 +3,13 @@
 For each model (trained on MNIST with the paper's optimiser, or reused from --cache) and each
 mode, one balanced batch B = 10 is scored twice in the same run:
 
-  ours   ScoreConfig(mode=m): stable-unit presolve (no indicator for a unit whose sign the
-         interval bounds fix) and a MIP start from s = 1 and the observed activations;
-  plain  ScoreConfig(mode=m, presolve=False, warm_start=False): an indicator v per ReLU unit,
-         no presolve, no warm start. Same loss (CE by Kelley cuts), same tolerances.
+  ours   ScoreConfig(mode=m): stable-unit presolve (no indicator and no variable for a unit
+         whose sign the interval bounds fix: its output is substituted), a MIP start from s = 1
+         and the observed activations, and in exact mode Kelley cuts converged on the LP
+         relaxation before the MIP rounds;
+  plain  ScoreConfig(mode=m, presolve=False, warm_start=False, lp_cuts_first=False): a variable
+         and an indicator v per ReLU unit, no presolve, no warm start, Kelley rounds on the MIP
+         itself. Same loss (CE by Kelley cuts), same tolerances.
 
 Timings (seconds): bounds (interval bounds), build (Pyomo model), solve (the whole Kelley loop as
 `critneuron.solve` measures it), total = bounds + build + solve. The solve is split further by
@@ -46,7 +49,7 @@ from critneuron.scores import score
 
 VARIANTS = {
     "ours": {},  # presolve=True, warm_start=True (the defaults)
-    "plain": {"presolve": False, "warm_start": False},
+    "plain": {"presolve": False, "warm_start": False, "lp_cuts_first": False},
 }
 
 KEY = [("model", "model", "s"), ("mode", "mode", "s"), ("variant", "variant", "s")]

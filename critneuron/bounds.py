@@ -67,6 +67,16 @@ def stability(lower: np.ndarray, upper: np.ndarray) -> tuple[np.ndarray, np.ndar
     return off, on, ~(off | on)
 
 
+def stability_counts(spec: NetworkSpec, bounds: Bounds) -> list[dict]:
+    """Per ReLU layer: how many (sample, unit) pairs are off, on and unstable on the bounds."""
+    rows = []
+    for idx, layer in enumerate(spec.layers):
+        if isinstance(layer, ReLUSpec):
+            off, on, unstable = stability(bounds.lower[idx - 1], bounds.upper[idx - 1])
+            rows.append({"layer": layer.name, "off": int(off.sum()), "on": int(on.sum()), "unstable": int(unstable.sum())})
+    return rows
+
+
 def shift_scale(spec: NetworkSpec, bounds: Bounds, idx: int) -> np.ndarray:
     """Ũ of the score shift ã = a − (1 − s)·Ũ at layer `idx`: max(U, 0) if a ReLU follows, else U."""
     upper = bounds.upper[idx]

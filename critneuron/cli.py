@@ -28,18 +28,23 @@ import torchvision
 
 from critneuron.book import build_book
 from critneuron.config import (
-    DATASETS, MODELS, CritneuronError, DataConfig, ModelConfig, TrainConfig, config_hash,
-    paper_train_config, to_dict,
+    DATASETS, MODELS, CritneuronError, DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig,
+    TrainConfig, config_hash, from_dict, paper_train_config, to_dict,
 )
 from critneuron.data import AUGMENTED_DATASETS, SPLITS, data_root, dataset_source, load_split
+from critneuron.experiment import evaluate_masks, score_columns, score_inputs, table_row, weights_hash
 from critneuron.models import build_model
+from critneuron.prune import Masks, apply_masks
+from critneuron.scores import Scores, score
 from critneuron.store import Store
 from critneuron.sweep import add_arguments as add_sweep_arguments
 from critneuron.sweep import run_from_args as run_sweep_from_args
-from critneuron.train import evaluate, resolve_device, save_checkpoint, train_model
+from critneuron.train import evaluate, load_checkpoint, resolve_device, save_checkpoint, train_model
 
 T = TypeVar("T")
-CHOICES: dict[str, Sequence[str]] = {"dataset": DATASETS, "name": MODELS, "optimizer": ("rmsprop", "sgd")}
+CHOICES: dict[str, Sequence[str]] = {"dataset": DATASETS, "name": MODELS, "optimizer": ("rmsprop", "sgd"),
+                                     "mode": ("exact", "relaxed"), "loss": ("ce", "margin"),
+                                     "bias": ("keep-bias", "remove")}
 
 
 def _dest(cls: type, name: str) -> str:
@@ -142,6 +147,7 @@ def _provenance(configs: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(payload, indent=1, default=str))
     os.replace(tmp, path)
@@ -172,6 +178,96 @@ def _run_train(args: argparse.Namespace) -> int:
     _write_json(out / "metrics.json", metrics)
     print(f"test accuracy {test_accuracy:.4f}  test loss {test_loss:.4f}  "
           f"wall time {metrics['wall_seconds']:.1f} s  ({out})")
+    return 0
+
+
+def _add_checkpoint_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="checkpoint.pt written by `critneuron train` (it names model and dataset)")
+    parser.add_argument("--data-root", help="data root (default: the checkpoint's, else $CRITNEURON_DATA, else data/)")
+
+
+def _load_checkpoint(args: argparse.Namespace) -> tuple[torch.nn.Sequential, dict[str, Any], DataConfig]:
+    if not args.checkpoint.is_file():
+        raise CritneuronError(f"checkpoint {args.checkpoint} does not exist: train one with `critneuron train`")
+    model, meta = load_checkpoint(args.checkpoint)
+    data_cfg = meta["data_config"]
+    if args.data_root:
+        data_cfg = dataclasses.replace(data_cfg, root=args.data_root)
+    return model.eval(), meta, data_cfg
+
+
+def _add_score(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "score", help="score every neuron/channel of a trained checkpoint with the MIP",
+        description="Draw the balanced MIP batch (one correctly classified training image per class, "
+        "seeded), solve the scoring MIP with the options below and write the scores with objective, "
+        "batch indices, solver status/gap/version, times, Kelley rounds, self-check error and config.",
+    )
+    _add_checkpoint_args(parser)
+    add_config_args(parser, ScoreConfig)
+    parser.add_argument("--out", type=Path, default=Path("scores.json"), help="results file (default: scores.json)")
+    parser.set_defaults(run=_run_score)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    model, meta, data_cfg = _load_checkpoint(args)
+    cfg = config_from_args(ScoreConfig, args)
+    x, y, inputs = score_inputs(model, data_cfg, cfg)
+    scores = score(model, x, y, cfg, inputs["batch_indices"])
+    prov, solver = scores.provenance, scores.provenance["solver"]
+    payload = {"objective": solver["objective"], **scores.to_dict(), "checkpoint": str(args.checkpoint),
+               "model": meta["model_config"].name, "inputs": inputs, **_provenance({"score": cfg}, cfg.seed)}
+    _write_json(args.out, payload)
+    sec = prov["seconds"]
+    print(f"{cfg.mode} objective {solver['objective']:.6f}  status {solver['status']}  gap {solver['gap']}  "
+          f"unstable units {prov['unstable_units']}  bounds {sec['bounds']:.2f} s  build {sec['build']:.2f} s  "
+          f"solve {sec['solve']:.2f} s  Kelley rounds {solver['rounds']}  "
+          f"self-check {prov['selfcheck_error']:.1e}  ({args.out})")
+    return 0
+
+
+def _add_prune(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "prune", help="prune a checkpoint with its scores and evaluate it (no fine-tuning by default)",
+        description="Prune every neuron/channel scored below the threshold, evaluate reference and pruned "
+        "network on train and test, and random and critical masks at the same per-layer counts; write "
+        "the table row (accuracies, % neurons and parameters pruned, masks) as JSON.",
+    )
+    _add_checkpoint_args(parser)
+    parser.add_argument("--scores", type=Path, required=True, help="scores file written by `critneuron score`")
+    add_config_args(parser, PruneConfig, default_note=_prune_default)
+    parser.add_argument("--out", type=Path, default=Path("prune.json"), help="results file (default: prune.json)")
+    parser.add_argument("--save-model", type=Path, help="also write the masked network as a checkpoint here")
+    parser.set_defaults(run=_run_prune)
+
+
+def _prune_default(f: dataclasses.Field) -> str:
+    return "default: the paper's tau for the model and dataset" if f.name == "threshold" else f"default: {f.default}"
+
+
+def _run_prune(args: argparse.Namespace) -> int:
+    model, meta, data_cfg = _load_checkpoint(args)
+    if not args.scores.is_file():
+        raise CritneuronError(f"scores file {args.scores} does not exist: write one with `critneuron score`")
+    scores = Scores.load(args.scores)
+    made_for = json.loads(args.scores.read_text()).get("inputs", {}).get("weights")
+    if made_for not in (None, weights_hash(model)):
+        raise CritneuronError(f"{args.scores} scores other weights ({made_for}) than {args.checkpoint} "
+                              f"({weights_hash(model)}): score this checkpoint first")
+    cfg = RunConfig(data=data_cfg, model=meta["model_config"], train=meta["train_config"],
+                    score=from_dict(ScoreConfig, scores.provenance["config"]), prune=config_from_args(PruneConfig, args))
+    row = evaluate_masks(model, scores, cfg, {split: load_split(data_cfg, split) for split in SPLITS})
+    row.update({"config": to_dict(cfg), "source": dataset_source(data_cfg), "scores_file": str(args.scores),
+                **score_columns(scores), "provenance": _provenance({"prune": cfg.prune}, cfg.score.seed)})
+    flat = row["table_row"] = table_row(row)
+    _write_json(args.out, row)
+    if args.save_model:
+        pruned = apply_masks(model, Masks.from_dict(row["masks"]), cfg.prune.bias)
+        save_checkpoint(args.save_model, pruned, cfg.model, data_cfg, cfg.train, meta["init_state"], flat)
+    print(f"tau {flat['tau']}  pruned {flat['pct_neurons_pruned']:.1f}% neurons, {flat['pct_params_pruned']:.1f}% "
+          f"parameters  test accuracy {flat['ref_test_acc']:.4f} -> {flat['pruned_test_acc']:.4f} "
+          f"(random {flat['random_test_acc']:.4f}, critical {flat['critical_test_acc']:.4f})  ({args.out})")
     return 0
 
 
@@ -247,7 +343,8 @@ def _run_results(args: argparse.Namespace) -> int:
     return 0
 
 
-SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_train, _add_book, _add_sweep, _add_results)
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_train, _add_score, _add_prune, _add_book, _add_sweep, _add_results)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -136,6 +136,8 @@ class ScoreConfig:
     max_rounds: int = field(default=100, metadata={"help": "maximum Kelley rounds"})
     presolve: bool = field(default=True, metadata={"help": "fix stable units (no binary) before solving"})
     warm_start: bool = field(default=True, metadata={"help": "MIP start from s = 1 and observed activations"})
+    lp_cuts_first: bool = field(default=True, metadata={
+        "help": "exact mode: converge the Kelley cuts on the LP relaxation before the MIP rounds"})
     selfcheck_tol: float = field(default=1e-4, metadata={"help": "max |MIP logits - torch logits| in exact mode"})
 
     def __post_init__(self) -> None:

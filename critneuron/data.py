@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import datasets, transforms
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from critneuron.config import ConfigError, CritneuronError, DataConfig, DatasetMissingError
 

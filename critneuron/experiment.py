@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .baselines import baseline_masks
-from .config import RunConfig, from_dict, to_dict
+from .config import DataConfig, RunConfig, ScoreConfig, from_dict, to_dict
 from .data import dataset_source, load_split, mip_batch
 from .models import build_model
 from .prune import Masks, apply_masks, freeze_masks, masks_from_scores, pruning_stats
@@ -73,15 +73,20 @@ def _train(cfg: RunConfig, progress: bool) -> RunOutput:
         return RunOutput(result=metrics, artifacts={"checkpoint.pt": path.read_bytes()})
 
 
+def score_inputs(model: nn.Sequential, data: DataConfig, cfg: ScoreConfig) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The balanced MIP batch (x, y) of `model` on its training split, and everything that
+    determines a score besides `cfg`: weights hash, dataset, source, batch indices, versions."""
+    x, y, indices = mip_batch(model, load_split(data, "train"), cfg.batch_size, seed=cfg.seed)
+    inputs = {"weights": weights_hash(model), "dataset": data.dataset, "source": dataset_source(data),
+              "batch_indices": indices.tolist(), "solver": solver_version(cfg), **versions()}
+    return x, y, inputs
+
+
 def mip_scores(model: nn.Sequential, cfg: RunConfig, store: Store) -> Scores:
     """MIP scores of `model` on its balanced training batch, solved once per key."""
-    train = load_split(cfg.data, "train")
-    x, y, indices = mip_batch(model, train, cfg.score.batch_size, seed=cfg.score.seed)
-    inputs = {"weights": weights_hash(model), "dataset": cfg.data.dataset, "source": dataset_source(cfg.data),
-              "batch_indices": indices.tolist(), "solver": solver_version(cfg.score), **versions()}
-    config = to_dict(cfg.score)
-    result = store.cached("score", config, lambda: score(model, x, y, cfg.score, indices.tolist()).to_dict(),
-                          **inputs)
+    x, y, inputs = score_inputs(model, cfg.data, cfg.score)
+    result = store.cached("score", to_dict(cfg.score),
+                          lambda: score(model, x, y, cfg.score, inputs["batch_indices"]).to_dict(), **inputs)
     return Scores.from_dict(result)
 
 
@@ -122,20 +127,38 @@ def prune_run(cfg: RunConfig, store: Store | None = None, progress: bool = False
     scores = mip_scores(model, cfg, store)
     data = {s: load_split(cfg.data, s) for s in ("train", "val", "test")}
     row = evaluate_masks(model, scores, cfg, data)
-    prov = scores.provenance
-    row.update({
-        "config": to_dict(cfg), "source": dataset_source(cfg.data), "train_seconds": train_metrics["train_seconds"],
-        "weights_hash": train_metrics["weights_hash"], "scores": scores.to_dict()["layers"],
-        "solver": {k: v for k, v in prov["solver"].items() if k != "history"}, "kelley": prov["solver"]["history"],
-        "seconds": prov["seconds"], "relu": prov["relu"], "unstable_units": prov["unstable_units"],
-        "selfcheck_error": prov["selfcheck_error"], "batch_indices": prov["batch_indices"], "versions": versions(),
-    })
+    row.update({"config": to_dict(cfg), "source": dataset_source(cfg.data), "train_seconds": train_metrics["train_seconds"],
+                "weights_hash": train_metrics["weights_hash"], **score_columns(scores), "versions": versions()})
     return row
+
+
+def score_columns(scores: Scores) -> dict[str, Any]:
+    """What a result row keeps of a MIP score: the scores, solver report, Kelley history, times,
+    ReLU stability counts, self-check error and batch indices."""
+    prov = scores.provenance
+    return {
+        "scores": scores.to_dict()["layers"], "solver": {k: v for k, v in prov["solver"].items() if k != "history"},
+        "kelley": prov["solver"]["history"], "seconds": prov["seconds"], "relu": prov["relu"],
+        "unstable_units": prov["unstable_units"], "selfcheck_error": prov["selfcheck_error"],
+        "batch_indices": prov["batch_indices"],
+    }
 
 
 def prune_task(config: dict) -> dict[str, Any]:
     """Sweep task: a nested RunConfig dict in, the table row out (stages cached in the default store)."""
     return prune_run(from_dict(RunConfig, config))
+
+
+def prune_sweep(base: dict[str, Any], grid: dict[str, list] | None = None,
+                items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A sweep of `prune_task` runs (as parsed YAML, for `sweep.parse_sweep`): dotted-key `base`,
+    `grid` and `items`, stored under kind "prune" like `critneuron sweep` files that use it."""
+    raw: dict[str, Any] = {"task": "critneuron.experiment:prune_task", "kind": "prune", "base": base}
+    if grid:
+        raw["grid"] = grid
+    if items:
+        raw["list"] = items
+    return raw
 
 
 def table_row(row: dict[str, Any]) -> dict[str, Any]:

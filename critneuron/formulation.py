@@ -1,9 +1,12 @@
 """Pyomo model of a trained network on a batch, with one importance score per neuron/channel.
 
 What the net is lives in `spec`, its bounds in `bounds`; this module only encodes. Each sample's
-activations are carried as affine expressions ``A·src + c + G·s`` (src: the last layer of
-variables, s: all scores) and turned into variables only where needed: at every ReLU, after
-average pooling (to keep later rows sparse) and at the logits. The solver never appears here.
+activations are carried as affine expressions ``A·src + c + G·s`` (src: the sample's variables
+so far, s: all scores). A stable unit gets no variable: its output z = ã (or 0) is substituted,
+which is exact; so only unstable units get variables (z and v), plus whole layers whose
+expressions have grown dense (to keep rows sparse) and the logits. The first layer's input is
+the data, so e.g. LeNet-5's conv activations are affine in a handful of scores and the LP has
+hundreds of columns instead of tens of thousands. The solver never appears here.
 
 Formulation (ElAraby, Wolf, Carvalho, the authors' final code):
 
@@ -59,6 +62,12 @@ class Formulation:
             cuts.add(expr >= float(lse - p @ zeta))
             self.n_cuts += 1
 
+    def sizes(self) -> dict[str, int]:
+        """Active variables, binaries and constraints of the model as it is now."""
+        variables = list(self.model.component_data_objects(pe.Var, active=True))
+        return {"variables": len(variables), "binaries": sum(1 for v in variables if v.is_binary()),
+                "constraints": sum(1 for _ in self.model.component_data_objects(pe.Constraint, active=True))}
+
     def score_values(self) -> dict[str, np.ndarray]:
         """Current values of the score variables, clipped to [0, 1]."""
         return {k: np.clip(np.array([pe.value(v) for v in vs], dtype=float), 0.0, 1.0)
@@ -77,12 +86,16 @@ def logsumexp(z: np.ndarray) -> float:
 
 @dataclass
 class _State:
-    """Per-sample affine form of the current activation: A @ src[b] + c[b] + G[b] @ s."""
+    """Per-sample affine form of the current activation: A[b] @ src[b] + c[b] + G[b] @ s."""
 
-    src: list | None  # per sample: object array of variables (None entries are fixed zeros)
-    a: sp.csr_matrix | None
+    src: list[np.ndarray]  # per sample: object array of the variables so far (None: a fixed zero)
+    a: list[sp.csr_matrix]
     c: np.ndarray
     g: list[sp.csr_matrix]
+
+    def mean_row_nnz(self) -> float:
+        """Average number of nonzeros of a row (variables + scores) over units and samples."""
+        return sum(a.nnz + g.nnz for a, g in zip(self.a, self.g)) / max(self.c.size, 1)
 
 
 def _add_rows(con: pe.Constraint, parts: list[tuple[sp.csr_matrix, np.ndarray]], lower, upper, const) -> None:
@@ -109,11 +122,21 @@ def _add_rows(con: pe.Constraint, parts: list[tuple[sp.csr_matrix, np.ndarray]],
                 else (expr >= lo_i if hi_i is None else expr <= hi_i))
 
 
-class _Builder:
-    """Walks the spec once, creating one Pyomo block per materialised layer."""
+def _select(mask: np.ndarray) -> sp.csr_matrix:
+    """Diagonal 0/1 matrix keeping the rows where `mask` is true."""
+    return sp.diags(mask.astype(float), format="csr")
 
-    def __init__(self, spec: NetworkSpec, bounds: Bounds, x: np.ndarray, cfg: ScoreConfig):
-        self.spec, self.bounds, self.cfg = spec, bounds, cfg
+
+class _Builder:
+    """Walks the spec once, creating one Pyomo block per ReLU and per materialised layer.
+
+    Activations stay affine expressions in (earlier variables, scores) as long as they are
+    sparse: a stable unit needs no variable of its own (z = ã or z = 0 is substituted), which
+    is exact and leaves only unstable units, dense layers and the logits as variables.
+    """
+
+    def __init__(self, spec: NetworkSpec, bounds: Bounds, x: np.ndarray, cfg: ScoreConfig, dense_limit: float):
+        self.spec, self.bounds, self.cfg, self.dense_limit = spec, bounds, cfg, dense_limit
         self.batch = len(x)
         self.m = pe.ConcreteModel(name="critneuron")
         self.values = forward(spec, x)  # unshifted activations, for the warm start
@@ -121,8 +144,10 @@ class _Builder:
         self.counts: dict[str, dict[str, int]] = {}
         self._build_scores()
         self.n_scores = len(self.s_all)
-        zero_g = [sp.csr_matrix((x[0].size, self.n_scores)) for _ in range(self.batch)]
-        self.state = _State(None, None, np.asarray(x, dtype=np.float64).reshape(self.batch, -1), zero_g)
+        n_in = x[0].size
+        self.state = _State([np.empty(0, dtype=object)] * self.batch, [sp.csr_matrix((n_in, 0))] * self.batch,
+                            np.asarray(x, dtype=np.float64).reshape(self.batch, -1),
+                            [sp.csr_matrix((n_in, self.n_scores))] * self.batch)
 
     def _build_scores(self) -> None:
         self.m.scores = pe.Block()
@@ -136,10 +161,13 @@ class _Builder:
             self.warm.extend((v, 1.0) for v in self.scores[layer.name])
         self.s_all = np.array(flat, dtype=object)
 
+    def dense(self) -> bool:
+        """Whether the current expressions are dense enough to be worth new variables."""
+        return self.state.mean_row_nnz() > self.dense_limit
+
     def affine(self, idx: int, layer: AffineSpec) -> None:
         st, mat = self.state, layer.matrix
-        if st.src is not None:
-            st.a = (mat @ st.a).tocsr()
+        st.a = [(mat @ a).tocsr() for a in st.a]
         st.c = (mat @ st.c.T).T + layer.offset
         st.g = [(mat @ g).tocsr() for g in st.g]
         if layer.scored:
@@ -156,18 +184,20 @@ class _Builder:
 
     def _parts(self, b: int) -> list[tuple[sp.csr_matrix, np.ndarray]]:
         st = self.state
-        parts = [(st.g[b], self.s_all)]
-        if st.src is not None:
-            parts.append((st.a, st.src[b]))
-        return parts
+        return [(st.g[b], self.s_all), (st.a[b], st.src[b])]
 
-    def materialise(self, idx: int, name: str, lower=None, upper=None) -> None:
+    def _replace_state(self, src: list[np.ndarray]) -> None:
+        """The activation is now exactly the variables `src` (one per unit, None = 0)."""
+        n = self.state.c.shape[1]
+        self.state = _State(src, [sp.identity(n, format="csr")] * self.batch, np.zeros((self.batch, n)),
+                            [sp.csr_matrix((n, self.n_scores))] * self.batch)
+
+    def materialise(self, idx: int, name: str) -> None:
         """Turn the current affine form into variables y with rows y = A src + c + G s."""
         n = self.state.c.shape[1]
         blk = pe.Block()
         self.m.add_component(f"{name}_out", blk)
-        blk.y = pe.Var(range(self.batch), range(n), bounds=lambda _, b, j: (
-            None if lower is None else lower[b, j], None if upper is None else upper[b, j]))
+        blk.y = pe.Var(range(self.batch), range(n))
         blk.definition = pe.ConstraintList()
         src = []
         for b in range(self.batch):
@@ -176,50 +206,69 @@ class _Builder:
             _add_rows(blk.definition, [(sp.identity(n, format="csr"), ys)] + neg, 0.0, 0.0, -self.state.c[b])
             self.warm.extend(zip(ys, self.values[idx][b]))
             src.append(ys)
-        self.state = _State(src, sp.identity(n, format="csr"), np.zeros((self.batch, n)),
-                            [sp.csr_matrix((n, self.n_scores)) for _ in range(self.batch)])
+        self._replace_state(src)
 
     def relu(self, idx: int, layer: ReLUSpec) -> None:
         lower, upper = self.bounds.lower[idx - 1], self.bounds.upper[idx - 1]
         off, on, unstable = stability(lower, upper)
         if not self.cfg.presolve:
             off, on, unstable = np.zeros_like(off), np.zeros_like(on), np.ones_like(unstable)
+        # Dense (or unpresolved) layers get a variable per live unit; sparse ones only per unstable unit.
+        materialise = self.dense() or not self.cfg.presolve
+        has_var = ~off if materialise else unstable
         n = lower.shape[1]
         blk = pe.Block()
         self.m.add_component(layer.name, blk)
-        live = [(b, j) for b in range(self.batch) for j in np.flatnonzero(~off[b])]
-        blk.z = pe.Var(live, bounds=lambda _, b, j: (0.0, max(float(upper[b, j]), 0.0)))
+        blk.z = pe.Var([(b, j) for b in range(self.batch) for j in np.flatnonzero(has_var[b])],
+                       bounds=lambda _, b, j: (0.0, max(float(upper[b, j]), 0.0)))
         v_domain = pe.Binary if self.cfg.mode == "exact" else pe.UnitInterval
         blk.v = pe.Var([(b, j) for b in range(self.batch) for j in np.flatnonzero(unstable[b])],
                        domain=v_domain)
         blk.rows = pe.ConstraintList()
-        src = []
+        zs = [np.array([blk.z[b, j] if has_var[b, j] else None for j in range(n)], dtype=object)
+              for b in range(self.batch)]
         for b in range(self.batch):
-            zs = np.array([blk.z[b, j] if not off[b, j] else None for j in range(n)], dtype=object)
-            self._relu_rows(blk, b, zs, lower[b], upper[b], off[b], on[b], unstable[b])
-            self._relu_warm(blk, b, zs, unstable[b], self.values[idx - 1][b])
-            src.append(zs)
+            self._relu_rows(blk, b, zs[b], lower[b], upper[b], off[b], on[b] & has_var[b], on[b] & ~has_var[b],
+                            unstable[b])
+            self._relu_warm(blk, b, zs[b], unstable[b], self.values[idx - 1][b])
         self.counts[layer.name] = {"units": int(off.size), "off": int(off.sum()), "on": int(on.sum()),
                                    "unstable": int(unstable.sum())}
-        self.state = _State(src, sp.identity(n, format="csr"), np.zeros((self.batch, n)),
-                            [sp.csr_matrix((n, self.n_scores)) for _ in range(self.batch)])
+        if materialise:
+            self._replace_state(zs)
+        else:
+            self._substitute(zs, on, unstable)
 
-    def _relu_rows(self, blk, b, zs, lo, up, off, on, unstable) -> None:
+    def _substitute(self, zs: list[np.ndarray], on: np.ndarray, unstable: np.ndarray) -> None:
+        """After a sparse ReLU: on units keep their expression, off units become 0, unstable
+        units become their new variable (appended to the sample's variables)."""
+        st = self.state
+        n = st.c.shape[1]
+        for b in range(self.batch):
+            new = np.flatnonzero(unstable[b])
+            pick = sp.csr_matrix((np.ones(len(new)), (new, np.arange(len(new)))), shape=(n, len(new)))
+            st.a[b] = sp.hstack([_select(on[b]) @ st.a[b], pick], format="csr")
+            st.src[b] = np.concatenate([st.src[b], zs[b][new]])
+            st.g[b] = (_select(on[b]) @ st.g[b]).tocsr()
+        st.c = np.where(on, st.c, 0.0)
+
+    def _relu_rows(self, blk, b, zs, lo, up, off, on_var, on_expr, unstable) -> None:
         st, n = self.state, len(zs)
-        pre = [(m, v) for m, v in self._parts(b)]
+        pre = self._parts(b)
         neg_pre = [(-m, v) for m, v in pre]
         ident = sp.identity(n, format="csr")
         c = st.c[b]
-        rows = lambda mask: sp.diags(mask.astype(float), format="csr")  # noqa: E731 - selects rows
         if off.any():  # L ≤ ã ≤ 0
-            _add_rows(blk.rows, [(rows(off) @ m, v) for m, v in pre], np.where(off, lo, None),
+            _add_rows(blk.rows, [(_select(off) @ m, v) for m, v in pre], np.where(off, lo, None),
                       np.where(off, 0.0, None), np.where(off, c, 0.0))
-        if on.any():  # z = ã
-            _add_rows(blk.rows, [(rows(on) @ ident, zs)] + [(rows(on) @ m, v) for m, v in neg_pre],
-                      0.0, 0.0, np.where(on, -c, 0.0))
+        if on_var.any():  # z = ã (z ∈ [0, U] by its bounds)
+            _add_rows(blk.rows, [(_select(on_var) @ ident, zs)] + [(_select(on_var) @ m, v) for m, v in neg_pre],
+                      0.0, 0.0, np.where(on_var, -c, 0.0))
+        if on_expr.any():  # z = ã substituted: 0 ≤ ã ≤ U
+            _add_rows(blk.rows, [(_select(on_expr) @ m, v) for m, v in pre], np.where(on_expr, 0.0, None),
+                      np.where(on_expr, up, None), np.where(on_expr, c, 0.0))
         if unstable.any():
             vs = np.array([blk.v[b, j] if unstable[j] else None for j in range(n)], dtype=object)
-            sel = rows(unstable)
+            sel = _select(unstable)
             # z ≥ ã
             _add_rows(blk.rows, [(sel @ ident, zs)] + [(sel @ m, v) for m, v in neg_pre],
                       np.where(unstable, 0.0, None), None, np.where(unstable, -c, 0.0))
@@ -240,9 +289,14 @@ class _Builder:
 
 
 def build_formulation(spec: NetworkSpec, bounds: Bounds, x: np.ndarray, y: np.ndarray,
-                      cfg: ScoreConfig) -> Formulation:
-    """Build the scoring MIP for inputs x (B × ...) with labels y; see the module docstring."""
-    builder = _Builder(spec, bounds, x, cfg)
+                      cfg: ScoreConfig, dense_limit: float = 64.0) -> Formulation:
+    """Build the scoring MIP for inputs x (B × ...) with labels y; see the module docstring.
+
+    `dense_limit`: an activation becomes variables (at a ReLU or after average pooling) once its
+    affine expressions average more than this many nonzeros per unit; below it, stable units
+    are substituted. Any value gives the same optimum; it only trades rows' density for size.
+    """
+    builder = _Builder(spec, bounds, x, cfg, dense_limit)
     layers = spec.layers
     for idx, layer in enumerate(layers):
         if isinstance(layer, ReLUSpec):
@@ -251,7 +305,7 @@ def build_formulation(spec: NetworkSpec, bounds: Bounds, x: np.ndarray, y: np.nd
         builder.affine(idx, layer)
         last = idx == len(layers) - 1
         nxt = None if last else layers[idx + 1]
-        if last or (layer.kind == "avgpool2d" and not isinstance(nxt, ReLUSpec) and builder.state.src is not None):
+        if last or (layer.kind == "avgpool2d" and not isinstance(nxt, ReLUSpec) and builder.dense()):
             builder.materialise(idx, layer.name)
     logits = np.array(builder.state.src, dtype=object)
     form = Formulation(builder.m, builder.scores, logits, [], np.asarray(y), builder.warm, builder.counts)

@@ -49,13 +49,6 @@ def _lse_gaps(form: Formulation) -> np.ndarray:
     return np.array([logsumexp(z) for z in logits]) - t
 
 
-def _sizes(model: pe.ConcreteModel) -> tuple[int, int, int]:
-    variables = list(model.component_data_objects(pe.Var, active=True))
-    n_bin = sum(1 for v in variables if v.is_binary())
-    n_con = sum(1 for _ in model.component_data_objects(pe.Constraint, active=True))
-    return len(variables), n_con, n_bin
-
-
 def _make_solver(cfg: ScoreConfig):
     if cfg.solver != "appsi_highs":
         return pe.SolverFactory(cfg.solver)
@@ -68,18 +61,21 @@ def _make_solver(cfg: ScoreConfig):
     return opt
 
 
-def _solve_once(opt, form: Formulation, cfg: ScoreConfig, remaining: float) -> dict:
-    """One solve; loads the incumbent if there is one and returns status, objective and bound."""
+def _solve_once(opt, form: Formulation, cfg: ScoreConfig, remaining: float, warm_start: bool,
+                integer: bool) -> dict:
+    """One solve; loads the incumbent if there is one and returns status, objective and bound.
+    An LP (`integer` false) stopped early has no feasible point; a MIP may have an incumbent."""
     if cfg.solver == "appsi_highs":
         opt.config.time_limit = max(remaining, 1.0)
-        opt.config.warmstart = cfg.warm_start
+        opt.config.warmstart = warm_start
         res = opt.solve(form.model)
         status = res.termination_condition
-        feasible = status in _FEASIBLE and res.best_feasible_objective is not None
+        feasible = (status in _FEASIBLE if integer else status == TC.optimal) and res.best_feasible_objective is not None
         if feasible:
             res.solution_loader.load_vars()
-        return {"status": status.name, "feasible": feasible, "objective": res.best_feasible_objective,
-                "bound": res.best_objective_bound}
+        # The objective of the point actually loaded (the scores we return), not HiGHS's report.
+        return {"status": status.name, "feasible": feasible, "bound": res.best_objective_bound,
+                "objective": pe.value(form.model.objective) if feasible else None}
     res = opt.solve(form.model, load_solutions=False)
     cond = str(res.solver.termination_condition)
     feasible = len(res.solution) > 0
@@ -107,32 +103,63 @@ def _set_warm_start(form: Formulation) -> None:
         var.set_value(value, skip_validation=True)
 
 
+def _lift_epigraph(form: Formulation) -> None:
+    """t_b := LSE(ẑ_b): makes the last incumbent feasible for every tangent cut (LSE is convex)."""
+    for t, z in zip(form.loss_epigraph, form.logit_values()):
+        t.set_value(logsumexp(z), skip_validation=True)
+
+
 def solve(form: Formulation, cfg: ScoreConfig) -> SolveReport:
     """Solve, adding Kelley tangent cuts until max_b LSE(ẑ_b) − t_b ≤ cfg.kelley_tol.
 
-    Raises `SolveError` if a solve ends with no feasible solution (infeasible, or a time-out
-    without an incumbent). A time-out with an incumbent returns it, with status and gap.
+    With binaries and `cfg.lp_cuts_first` (exact mode), the cuts are first converged on the LP
+    relaxation (cheap, hot-started re-solves), so that the MIP rounds, each a full branch and
+    bound, need only the few cuts the relaxation's miss. Raises `SolveError` if a solve ends
+    with no feasible solution (infeasible, or a time-out without an incumbent). A time-out with
+    an incumbent returns it, with status and gap.
     """
     start = time.perf_counter()
     opt = _make_solver(cfg)
     if cfg.warm_start:
         _set_warm_start(form)
-    history, lse_gap, out = [], float("inf"), {}
-    for rnd in range(1, cfg.max_rounds + 1):
+    binaries = [v for v in form.model.component_data_objects(pe.Var) if v.is_binary()]
+    history: list[dict] = []
+    if binaries and cfg.lp_cuts_first and cfg.loss == "ce":
+        for v in binaries:
+            v.domain = pe.UnitInterval
+        _kelley(opt, form, cfg, start, history, "lp")
+        for v in binaries:
+            v.domain = pe.Binary
+        if cfg.warm_start:
+            _set_warm_start(form)  # the LP's point is fractional; the initial one stays feasible
+    out, lse_gap = _kelley(opt, form, cfg, start, history, "mip" if binaries else "lp")
+    return _report(form, cfg, out, history, lse_gap, time.perf_counter() - start)
+
+
+def _kelley(opt, form: Formulation, cfg: ScoreConfig, start: float, history: list[dict],
+            phase: str) -> tuple[dict, float]:
+    """Solve and add tangent cuts at the solution until the LSE gap closes; appends to `history`."""
+    out, lse_gap, first = {}, float("inf"), True
+    while len(history) < cfg.max_rounds:
         remaining = cfg.time_limit - (time.perf_counter() - start)
-        out = _solve_once(opt, form, cfg, remaining)
+        # A MIP start on a phase's first round and on every MIP round (the last incumbent with t
+        # lifted onto the LSE); an LP re-solve gets none, so HiGHS hot-starts from its basis.
+        out = _solve_once(opt, form, cfg, remaining, cfg.warm_start and (first or phase == "mip"), phase == "mip")
+        first = False
         if not out["feasible"]:
             raise SolveError(f"solver {cfg.solver} ended with status {out['status']} and no feasible "
-                             f"solution in round {rnd} after {time.perf_counter() - start:.1f}s")
+                             f"solution in round {len(history) + 1} after {time.perf_counter() - start:.1f}s")
         gaps = _lse_gaps(form) if cfg.loss == "ce" else np.zeros(1)
         lse_gap = float(np.max(gaps))
-        history.append({"round": rnd, "objective": out["objective"], "lse_gap": lse_gap,
-                        "seconds": time.perf_counter() - start, "status": out["status"]})
+        history.append({"round": len(history) + 1, "phase": phase, "objective": out["objective"],
+                        "lse_gap": lse_gap, "seconds": time.perf_counter() - start, "status": out["status"]})
         timed_out = out["status"] != TC.optimal.name and cfg.solver == "appsi_highs"
         if lse_gap <= cfg.kelley_tol or timed_out or time.perf_counter() - start >= cfg.time_limit:
             break
         form.add_lse_cuts(form.logit_values(), [b for b, g in enumerate(gaps) if g > cfg.kelley_tol])
-    return _report(form, cfg, out, history, lse_gap, time.perf_counter() - start)
+        if phase == "mip":
+            _lift_epigraph(form)
+    return out, lse_gap
 
 
 def _report(form, cfg, out, history, lse_gap, seconds) -> SolveReport:
@@ -140,6 +167,7 @@ def _report(form, cfg, out, history, lse_gap, seconds) -> SolveReport:
     gap = None
     if obj is not None and bound is not None and np.isfinite(bound):
         gap = abs(obj - bound) / max(abs(obj), 1e-10)
-    n_var, n_con, n_bin = _sizes(form.model)
+    sizes = form.sizes()
     return SolveReport(cfg.solver, solver_version(cfg), out["status"], float(obj), bound, gap, len(history),
-                       lse_gap, form.n_cuts, seconds, n_var, n_con, n_bin, history)
+                       lse_gap, form.n_cuts, seconds, sizes["variables"], sizes["constraints"],
+                       sizes["binaries"], history)

@@ -329,6 +329,22 @@ def plan_sweep(sweep: Sweep, store: Store) -> SweepPlan:
     return SweepPlan(sweep.task, sweep.kind, root, inputs, todo, len(keyed) - len(todo))
 
 
+def sweep_results(sweep: Sweep, store: Store) -> list[dict]:
+    """Results of the sweep's complete runs, in the sweep's order (failed or missing ones left out)."""
+    inputs = versions()
+    keys = [store.key(sweep.kind, config, **inputs) for config in expand(sweep)]
+    return [store.read(sweep.kind, key)["result"] for key in keys if store.is_complete(sweep.kind, key)]
+
+
+def collect(sweep: Sweep, store: Store, scheduler: str | None = "serial", progress: bool = False) -> list[dict]:
+    """Run what the store lacks of `sweep` (serially by default), then return every run's result
+    in sweep order. Raises CritneuronError naming the failed runs (tracebacks are in the store)."""
+    summary = run_sweep(sweep, store, scheduler=scheduler, progress=progress)
+    if summary.failed:
+        raise CritneuronError(f"{summary}\n(see `critneuron results ls --kind {sweep.kind}`)")
+    return sweep_results(sweep, store)
+
+
 def _tick(bar: tqdm, summary: SweepSummary, key: str, status: str, error: str) -> None:
     summary.add(key, status, error)
     bar.update()

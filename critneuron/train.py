@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from critneuron.config import (
     CritneuronError, DataConfig, ModelConfig, TrainConfig, from_dict, to_dict,

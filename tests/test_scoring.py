@@ -4,6 +4,7 @@ from collections import OrderedDict
 from itertools import product
 
 import numpy as np
+import pyomo.environ as pe
 import pytest
 import scipy.optimize as so
 import torch
@@ -13,6 +14,7 @@ from critneuron.bounds import forward, interval_bounds, shift_scale, stability
 from critneuron.config import ScoreConfig, SolveError, UnsupportedLayerError
 from critneuron.formulation import build_formulation, logsumexp
 from critneuron.scores import score
+from critneuron.solve import solve
 from critneuron.spec import network_spec
 
 
@@ -118,6 +120,23 @@ def test_presolve_gives_same_optimum_as_full_big_m():
         assert objs[0] == pytest.approx(objs[1], abs=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["exact", "relaxed"])
+def test_substituting_stable_units_gives_same_optimum_as_variables_everywhere(mode):
+    """dense_limit=0 gives every live unit a variable; the default substitutes stable ones."""
+    net = tiny_conv()
+    x = np.random.default_rng(2).uniform(0, 1, (3, 1, 4, 4))
+    y = np.array([0, 1, 1])
+    spec = network_spec(net, (1, 4, 4))
+    cfg = ScoreConfig(mode=mode, epsilon=0.2)  # 6 of 24 conv units unstable
+    bounds = interval_bounds(spec, x, cfg.epsilon)
+    assert 0 < sum(stability(lo, up)[2].sum() for lo, up in zip(bounds.lower, bounds.upper))
+    forms = [build_formulation(spec, bounds, x, y, cfg, dense_limit=d) for d in (0.0, 64.0)]
+    sizes = [sum(1 for _ in f.model.component_data_objects(pe.Var)) for f in forms]
+    assert sizes[1] < sizes[0]
+    objs = [solve(f, cfg).objective for f in forms]
+    assert objs[1] == pytest.approx(objs[0], abs=1e-6)
+
+
 def test_relaxed_objective_at_most_exact_and_kelley_tolerance():
     net = tiny_fc()
     torch.manual_seed(0)
@@ -161,12 +180,10 @@ def test_formulation_sizes_hand_counted():
     off2, on2, un2 = stability(b.lower[3], b.upper[3])
     assert un1.sum() == un2.sum() == 0
     form = build_formulation(spec, b, x, y, ScoreConfig(mode="exact"))
-    n_z = int((~off1).sum() + (~off2).sum())
-    n_vars = 7 + n_z + 4 * 2 + 4 + 1 + 2  # scores, z, logits, t, theta, excess
+    n_vars = 7 + 4 * 2 + 4 + 1 + 2  # scores, logits, t, theta, excess: stable units have no variable
     # a dead first-layer unit has Ũ = 0, so its row L ≤ a ≤ 0 holds a constant and is dropped
     rows = int(on1.sum() + off2.sum() + on2.sum()) + 4 * 2 + 4 + 2  # relu, logits, 1 cut/sample, sum-largest
     assert off1.sum() > 0
-    import pyomo.environ as pe
 
     assert sum(1 for _ in form.model.component_data_objects(pe.Var)) == n_vars
     assert sum(1 for _ in form.model.component_data_objects(pe.Constraint)) == rows

@@ -14,7 +14,8 @@ import yaml
 
 from critneuron.config import ConfigError
 from critneuron.store import Store
-from critneuron.sweep import Sweep, expand, load_sweep, main, parse_sweep, run_sweep
+from critneuron.config import CritneuronError
+from critneuron.sweep import Sweep, collect, expand, load_sweep, main, parse_sweep, run_sweep, sweep_results
 
 TESTS = Path(__file__).parent
 SWEEPS = TESTS.parent / "sweeps"
@@ -119,6 +120,16 @@ def test_serial_mode_stores_the_same_runs_with_logs_and_artifacts(tmp_path, toy_
         assert store.load_artifact("toy", key, "lam.json") in (1.0, 2.0)
         log = (store.path("toy", key) / "log.txt").read_text()
         assert "hello from the task\n" in log and log.endswith("done\n")
+
+
+def test_sweep_results_in_sweep_order_without_failures(tmp_path, toy_tasks):
+    store = Store(tmp_path)
+    sweep = toy_sweep("fail_on_three", [4, 3, 2])
+    assert sweep_results(sweep, store) == []
+    with pytest.raises(CritneuronError, match=r"3 runs: 2 done, 0 skipped, 1 failed"):
+        collect(sweep, store)
+    assert [r["value"] for r in sweep_results(sweep, store)] == [16, 4]
+    assert [r["value"] for r in collect(toy_sweep("square", [2, 4]), store)] == [4, 16]
 
 
 def test_wrong_task_path_fails_before_any_run(tmp_path, toy_tasks):

@@ -1,0 +1,61 @@
+"""`critneuron train | score | prune` end to end on an MNIST subset, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from critneuron import cli
+from critneuron.prune import Masks
+from critneuron.train import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def fc3_checkpoint(shared_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("train") / "fc3"
+    argv = ["train", "--model", "fc3", "--dataset", "mnist", "--data-root", str(shared_data_root), "--subset", "2000",
+            "--test-subset", "1000", "--epochs", "1", "--batch-size", "32", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    return out / "checkpoint.pt"
+
+
+def test_score_then_prune(fc3_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    scores_file, prune_file, pruned = tmp_path / "scores.json", tmp_path / "prune.json", tmp_path / "pruned.pt"
+    assert cli.main(["score", "--checkpoint", str(fc3_checkpoint), "--mode", "exact", "--lambda", "5",
+                     "--batch-size", "10", "--out", str(scores_file)]) == 0
+    assert "self-check" in capsys.readouterr().out
+    result = json.loads(scores_file.read_text())
+    assert {len(v) for v in result["layers"].values()} == {300, 100} and set(result["layers"]) == {"fc1", "fc2"}
+    assert len(result["inputs"]["batch_indices"]) == 10 and result["provenance"]["labels"] == list(range(10))
+    solver = result["provenance"]["solver"]
+    assert solver["status"] == "optimal" and solver["rounds"] >= 1 and "HiGHS" in solver["solver_version"]
+    assert result["provenance"]["config"]["mode"] == "exact" and result["objective"] == solver["objective"]
+    assert result["provenance"]["selfcheck_error"] <= 1e-4
+    assert set(result["provenance"]["seconds"]) == {"bounds", "build", "solve"}
+
+    assert cli.main(["prune", "--checkpoint", str(fc3_checkpoint), "--scores", str(scores_file), "--threshold", "mean",
+                     "--out", str(prune_file), "--save-model", str(pruned)]) == 0
+    row = json.loads(prune_file.read_text())
+    masks = Masks.from_dict(row["masks"])
+    expected = {name: sum(s < sum(v) / len(v) for s in v) for name, v in result["layers"].items()}
+    assert masks.n_pruned() == expected
+    assert row["table_row"]["tau"] == "mean" and row["table_row"]["selfcheck_error"] <= 1e-4
+    model, _meta = load_checkpoint(pruned)
+    dead = masks.pruned("fc1")
+    assert dead and float(model.fc1.weight[dead].abs().sum()) == 0.0
+
+
+def test_prune_refuses_scores_of_other_weights(fc3_checkpoint: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture) -> None:
+    scores_file = tmp_path / "scores.json"
+    scores_file.write_text(json.dumps({"method": "mip", "layers": {"fc1": [1.0] * 300, "fc2": [1.0] * 100},
+                                       "provenance": {}, "inputs": {"weights": "0123456789abcdef"}}))
+    assert cli.main(["prune", "--checkpoint", str(fc3_checkpoint), "--scores", str(scores_file)]) == 2
+    assert "score this checkpoint first" in capsys.readouterr().err
+
+
+def test_score_names_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["score", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
