@@ -40,6 +40,9 @@ VERSIONED = ("critneuron", "torch", "torchvision", "numpy", "pandas", "pyomo", "
 _TABLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
+PATH_VARIABLES = ("CRITNEURON_DATA", "CRITNEURON_CACHE", "CRITNEURON_RESULTS")
+
+
 class BookError(CritneuronError, RuntimeError):
     """A notebook failed or timed out, or jupyter-book could not render the book."""
 
@@ -191,13 +194,23 @@ def _wait(proc: subprocess.Popen, timeout: float | None) -> bool:
         return True
 
 
+def notebook_env(src: Path) -> dict[str, str]:
+    """Environment of a notebook run: the data root defaults to <repo>/data, and path variables
+    given relative to here are made absolute (notebooks run with their own folder as cwd)."""
+    env = dict(os.environ)
+    env.setdefault("CRITNEURON_DATA", str(src.parent.parent.resolve() / "data"))
+    for name in PATH_VARIABLES:
+        if env.get(name):
+            env[name] = str(Path(env[name]).resolve())
+    return env
+
+
 def run_notebook(src: Path, executed_dir: Path, parameters: dict, timeout: float | None) -> NotebookRun:
     """Execute one notebook into ``executed_dir`` with papermill, its log in ``<stem>.log``."""
     for old in [*executed_dir.glob(f"{src.stem}__*"), executed_dir / src.name]:
         old.unlink(missing_ok=True)
     dst, log = executed_dir / src.name, executed_dir / f"{src.stem}.log"
-    env = dict(os.environ)
-    env.setdefault("CRITNEURON_DATA", str(src.parent.parent.resolve() / "data"))
+    env = notebook_env(src)
     start = time.perf_counter()
     with log.open("w") as out:
         proc = subprocess.Popen(_papermill_command(src, dst, parameters), stdout=out,

@@ -49,12 +49,9 @@ def trained_model(cfg: RunConfig, store: Store, progress: bool = False) -> tuple
     """The trained network of `cfg` (trained once, then loaded from the store) and its metrics."""
     config = _train_config(cfg)
     inputs = {"source": dataset_source(cfg.data), "torch": torch.__version__}
-    key = store.key("train", config, **inputs)
-    if not store.is_complete("train", key):
-        store.write("train", key, config, _train(cfg, progress), inputs=inputs)
-    path = store.path("train", key) / "artifacts" / "checkpoint.pt"
-    model, _meta = load_checkpoint(path)
-    return model.eval(), store.read("train", key)["result"]
+    metrics = store.cached("train", config, lambda: _train(cfg, progress), **inputs)  # once, even across workers
+    model, _meta = load_checkpoint(store.path("train", store.key("train", config, **inputs)) / "artifacts" / "checkpoint.pt")
+    return model.eval(), metrics
 
 
 def _train(cfg: RunConfig, progress: bool) -> RunOutput:

@@ -151,3 +151,14 @@ def test_save_table_round_trips_and_rejects_bad_names(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(book.read_tables(tmp_path)["02_pruning__accuracy"], table)
     with pytest.raises(ConfigError, match=r"table name .* got '../x'"):
         book.save_table(table, "02_pruning", "../x", tmp_path)
+
+
+def test_relative_data_root_is_made_absolute_for_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CRITNEURON_DATA", "../shared/data")
+    monkeypatch.delenv("CRITNEURON_CACHE", raising=False)
+    env = book.notebook_env(tmp_path / "notebooks" / "01_x.ipynb")
+    assert env["CRITNEURON_DATA"] == str((tmp_path / ".." / "shared" / "data").resolve())
+    assert "CRITNEURON_CACHE" not in env
+    monkeypatch.delenv("CRITNEURON_DATA")
+    assert book.notebook_env(tmp_path / "notebooks" / "01_x.ipynb")["CRITNEURON_DATA"] == str(tmp_path / "data")
