@@ -28,7 +28,9 @@ from .prune import Masks, apply_masks, freeze_masks, masks_from_scores, pruning_
 from .scores import Scores, score
 from .solve import solver_version
 from .store import RunOutput, Store, versions
-from .train import evaluate, load_checkpoint, save_checkpoint, train_model
+from .train import evaluate, load_checkpoint, save_checkpoint, torch_threads, train_model
+
+TRAIN_THREADS = 1  # stored runs train single-threaded: the same config gives the same weights on any executor
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -48,7 +50,7 @@ def _train_config(cfg: RunConfig) -> dict:
 def trained_model(cfg: RunConfig, store: Store, progress: bool = False) -> tuple[nn.Sequential, dict]:
     """The trained network of `cfg` (trained once, then loaded from the store) and its metrics."""
     config = _train_config(cfg)
-    inputs = {"source": dataset_source(cfg.data), "torch": torch.__version__}
+    inputs = {"source": dataset_source(cfg.data), "torch": torch.__version__, "torch_threads": TRAIN_THREADS}
     metrics = store.cached("train", config, lambda: _train(cfg, progress), **inputs)  # once, even across workers
     model, _meta = load_checkpoint(store.path("train", store.key("train", config, **inputs)) / "artifacts" / "checkpoint.pt")
     return model.eval(), metrics
@@ -59,7 +61,8 @@ def _train(cfg: RunConfig, progress: bool) -> RunOutput:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model.name, cfg.model.width, seed=cfg.train.seed)
     train, val, test = (load_split(cfg.data, s) for s in ("train", "val", "test"))
-    result = train_model(model, train, val, cfg.train, augment=cfg.data.dataset == "cifar10", progress=progress)
+    with torch_threads(TRAIN_THREADS):
+        result = train_model(model, train, val, cfg.train, augment=cfg.data.dataset == "cifar10", progress=progress)
     test_acc, test_loss = evaluate(result.model, test)
     metrics = {"test_accuracy": test_acc, "test_loss": test_loss, "best_epoch": result.best_epoch,
                "history": result.history, "train_seconds": time.perf_counter() - start,

@@ -12,9 +12,10 @@ import json
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -41,6 +42,19 @@ class TrainResult:
     best_epoch: int
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with `n` torch CPU threads. CPU reductions depend on the thread count, so
+    training with a fixed one gives the same weights in a notebook, serially or on a Dask worker
+    (which starts with one thread)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
