@@ -154,11 +154,16 @@ def _kelley(opt, form: Formulation, cfg: ScoreConfig, start: float, history: lis
         history.append({"round": len(history) + 1, "phase": phase, "objective": out["objective"],
                         "lse_gap": lse_gap, "seconds": time.perf_counter() - start, "status": out["status"]})
         timed_out = out["status"] != TC.optimal.name and cfg.solver == "appsi_highs"
-        if lse_gap <= cfg.kelley_tol or timed_out or time.perf_counter() - start >= cfg.time_limit:
+        if lse_gap <= cfg.kelley_tol or timed_out:
+            break
+        if time.perf_counter() - start >= cfg.time_limit:  # cut short: t is still below the LSE
+            out = {**out, "status": TC.maxTimeLimit.name}
             break
         form.add_lse_cuts(form.logit_values(), [b for b, g in enumerate(gaps) if g > cfg.kelley_tol])
         if phase == "mip":
             _lift_epigraph(form)
+    if lse_gap > cfg.kelley_tol and out.get("status") == TC.optimal.name:  # rounds exhausted
+        out = {**out, "status": TC.maxIterations.name}
     return out, lse_gap
 
 

@@ -212,3 +212,12 @@ def test_margin_loss_is_lp_and_solves():
     result = score(net, x, y, ScoreConfig(loss="margin"))
     assert result.provenance["solver"]["rounds"] == 1
     assert all(np.all((v >= 0) & (v <= 1)) for v in result.layers.values())
+
+
+def test_kelley_loop_cut_short_is_not_reported_optimal():
+    net = tiny_fc()
+    torch.manual_seed(1)
+    x, y = 4 * torch.rand(3, 2), torch.tensor([0, 1, 1])
+    assert score(net, x, y, ScoreConfig()).provenance["solver"]["rounds"] > 1
+    report = score(net, x, y, ScoreConfig(max_rounds=1)).provenance["solver"]
+    assert report["lse_gap"] > 1e-6 and report["status"] == "maxIterations"
