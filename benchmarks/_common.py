@@ -5,19 +5,19 @@ Not part of the package and not tests: the scripts print figures for the README.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
 import platform
-import sys
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from critneuron.config import DataConfig, ModelConfig, paper_train_config, to_dict
+from critneuron.store import versions as package_versions
 from critneuron.data import TensorData, data_root, load_split
 from critneuron.models import build_model
 from critneuron.train import evaluate, load_checkpoint, save_checkpoint, train_model
@@ -28,14 +28,21 @@ DEFAULT_CACHE = DEFAULT_OUT / "checkpoints"
 PACKAGES = ("torch", "torchvision", "numpy", "pyomo", "highspy")
 
 
+def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options every benchmark shares: how the models are trained and scored, and where
+    checkpoints and the results file `name`.{csv,json} go."""
+    parser.add_argument("--epochs", type=int, default=2, help="training epochs (paper optimiser)")
+    parser.add_argument("--subset", type=int, default=None, help="train on this many MNIST images (quick runs)")
+    parser.add_argument("--batch-size", type=int, default=10, help="MIP batch size (paper: 10)")
+    parser.add_argument("--time-limit", type=float, default=600.0, help="solver time limit per score() call, s")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="checkpoint cache folder")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where {name}.{{csv,json}} go")
+
+
 def environment() -> dict[str, Any]:
     """Package versions and the machine the figures come from."""
-    versions = {"python": sys.version.split()[0]}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
+    versions = package_versions(PACKAGES)
     affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     machine = {
         "platform": platform.platform(),

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from _common import DEFAULT_CACHE, DEFAULT_OUT, environment, format_table, load_mnist, print_environment, \
+from _common import add_common_args, environment, format_table, load_mnist, print_environment, \
     trained_model, write_results
 from critneuron.compact import compact_model, save_compact
 from critneuron.config import CritneuronError, ScoreConfig, paper_threshold
@@ -162,20 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["lenet5", "fc3"])
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs (paper optimiser)")
-    parser.add_argument("--subset", type=int, default=None, help="train on this many MNIST images (quick runs)")
+    add_common_args(parser, "bench_compaction")
     parser.add_argument("--tau", type=float, default=None, help="pruning threshold (default: the paper's)")
-    parser.add_argument("--batch-size", type=int, default=10, help="MIP batch size (paper: 10)")
-    parser.add_argument("--time-limit", type=float, default=600.0, help="solver time limit, s")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for the latency runs")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 256], help="inference batch sizes")
     parser.add_argument("--warmup", type=int, default=20, help="untimed rounds before timing")
     parser.add_argument("--repeats", type=int, default=200,
                         help="timed rounds at batch 1 (a quarter, at least 10, at larger batches)")
     parser.add_argument("--check", type=int, default=0, help="test images for the logit check (0: all)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="checkpoint cache folder")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where bench_compaction.{csv,json} go")
     args = parser.parse_args(argv)
 
     env = environment()

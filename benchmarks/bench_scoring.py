@@ -41,7 +41,7 @@ import torch
 from pyomo.common.timing import HierarchicalTimer
 from torch import nn
 
-from _common import DEFAULT_CACHE, DEFAULT_OUT, environment, format_table, load_mnist, print_environment, \
+from _common import add_common_args, environment, format_table, load_mnist, print_environment, \
     trained_model, write_results
 from critneuron.config import CritneuronError, ScoreConfig, SolveError
 from critneuron.data import mip_batch
@@ -144,13 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", default=["fc3", "fc4", "lenet5"])
     parser.add_argument("--modes", nargs="+", default=["exact", "relaxed"], choices=["exact", "relaxed"])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--epochs", type=int, default=2, help="training epochs (paper optimiser)")
-    parser.add_argument("--subset", type=int, default=None, help="train on this many MNIST images (quick runs)")
-    parser.add_argument("--time-limit", type=float, default=600.0, help="solver time limit per score() call, s")
-    parser.add_argument("--batch-size", type=int, default=10, help="MIP batch size (paper: 10)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="checkpoint cache folder")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where bench_scoring.{csv,json} go")
+    add_common_args(parser, "bench_scoring")
     args = parser.parse_args(argv)
 
     env = environment()

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -30,6 +29,7 @@ import pandas as pd
 import yaml
 
 from critneuron.config import ConfigError, CritneuronError
+from critneuron.store import versions
 
 PROFILE_KEYS = ("timeout", "common")
 INJECTED = ("profile", "notebook", "output_dir")
@@ -243,15 +243,9 @@ def record_timing(run: NotebookRun, profile: str, executed_dir: Path) -> None:
     _update_json(executed_dir / "timings.json", {run.notebook: entry})
 
 
-def package_versions() -> dict[str, str]:
-    """Versions of Python and of the packages that determine the results."""
-    versions = {"python": sys.version.split()[0]}
-    for name in VERSIONED:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = "not installed"
-    return versions
+def package_versions() -> dict[str, str | None]:
+    """Versions of Python and of the packages that determine the results and the book."""
+    return versions(VERSIONED)
 
 
 def _git_commit(folder: Path) -> str | None:

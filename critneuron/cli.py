@@ -250,8 +250,9 @@ def _run_prune(args: argparse.Namespace) -> int:
     model, meta, data_cfg = _load_checkpoint(args)
     if not args.scores.is_file():
         raise CritneuronError(f"scores file {args.scores} does not exist: write one with `critneuron score`")
-    scores = Scores.load(args.scores)
-    made_for = json.loads(args.scores.read_text()).get("inputs", {}).get("weights")
+    raw = json.loads(args.scores.read_text())
+    scores = Scores.from_dict(raw)
+    made_for = raw.get("inputs", {}).get("weights")
     if made_for not in (None, weights_hash(model)):
         raise CritneuronError(f"{args.scores} scores other weights ({made_for}) than {args.checkpoint} "
                               f"({weights_hash(model)}): score this checkpoint first")

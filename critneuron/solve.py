@@ -43,8 +43,7 @@ class SolveReport:
         return asdict(self)
 
 
-def _lse_gaps(form: Formulation) -> np.ndarray:
-    logits = form.logit_values()
+def _lse_gaps(form: Formulation, logits: np.ndarray) -> np.ndarray:
     t = np.array([pe.value(v) for v in form.loss_epigraph], dtype=float)
     return np.array([logsumexp(z) for z in logits]) - t
 
@@ -103,9 +102,9 @@ def _set_warm_start(form: Formulation) -> None:
         var.set_value(value, skip_validation=True)
 
 
-def _lift_epigraph(form: Formulation) -> None:
+def _lift_epigraph(form: Formulation, logits: np.ndarray) -> None:
     """t_b := LSE(ẑ_b): makes the last incumbent feasible for every tangent cut (LSE is convex)."""
-    for t, z in zip(form.loss_epigraph, form.logit_values()):
+    for t, z in zip(form.loss_epigraph, logits):
         t.set_value(logsumexp(z), skip_validation=True)
 
 
@@ -149,7 +148,8 @@ def _kelley(opt, form: Formulation, cfg: ScoreConfig, start: float, history: lis
         if not out["feasible"]:
             raise SolveError(f"solver {cfg.solver} ended with status {out['status']} and no feasible "
                              f"solution in round {len(history) + 1} after {time.perf_counter() - start:.1f}s")
-        gaps = _lse_gaps(form) if cfg.loss == "ce" else np.zeros(1)
+        logits = form.logit_values()
+        gaps = _lse_gaps(form, logits) if cfg.loss == "ce" else np.zeros(1)
         lse_gap = float(np.max(gaps))
         history.append({"round": len(history) + 1, "phase": phase, "objective": out["objective"],
                         "lse_gap": lse_gap, "seconds": time.perf_counter() - start, "status": out["status"]})
@@ -159,9 +159,9 @@ def _kelley(opt, form: Formulation, cfg: ScoreConfig, start: float, history: lis
         if time.perf_counter() - start >= cfg.time_limit:  # cut short: t is still below the LSE
             out = {**out, "status": TC.maxTimeLimit.name}
             break
-        form.add_lse_cuts(form.logit_values(), [b for b, g in enumerate(gaps) if g > cfg.kelley_tol])
+        form.add_lse_cuts(logits, [b for b, g in enumerate(gaps) if g > cfg.kelley_tol])
         if phase == "mip":
-            _lift_epigraph(form)
+            _lift_epigraph(form, logits)
     if lse_gap > cfg.kelley_tol and out.get("status") == TC.optimal.name:  # rounds exhausted
         out = {**out, "status": TC.maxIterations.name}
     return out, lse_gap

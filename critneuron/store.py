@@ -65,10 +65,11 @@ class RunOutput:
     log: str = ""
 
 
-def versions() -> dict:
-    """Versions of Python and of the packages that determine a result (None if missing)."""
+def versions(names: tuple[str, ...] = _VERSIONED) -> dict:
+    """Versions of Python and of the packages `names` (default: those that determine a result;
+    None if missing)."""
     found = {"python": platform.python_version()}
-    for name in _VERSIONED:
+    for name in names:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
