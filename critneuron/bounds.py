@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .config import ConfigError
 from .spec import AffineSpec, NetworkSpec, ReLUSpec
 
 
@@ -20,14 +21,23 @@ class Bounds:
     upper: tuple[np.ndarray, ...]
 
 
-def interval_bounds(spec: NetworkSpec, x: np.ndarray, epsilon: float) -> Bounds:
-    """Bounds of every layer's output over the box [x - ε, x + ε] (per sample, float64).
+def interval_bounds(spec: NetworkSpec, x: np.ndarray, epsilon: float,
+                    input_box: tuple[np.ndarray, np.ndarray] | None = None) -> Bounds:
+    """Bounds of every layer's output over the box [x - ε, x + ε] (per sample, float64), or over
+    `input_box` = (lower, upper) when given (e.g. a network's bounds where a sub-network starts).
 
     An affine map y = Mx + o sends the box with centre c and radius r to centre Mc + o and
     radius |M| r, which equals the usual W⁺L + W⁻U form; a ReLU clamps both ends at 0.
     """
     x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    lo, up = x - epsilon, x + epsilon
+    if input_box is None:
+        lo, up = x - epsilon, x + epsilon
+    else:
+        lo, up = (np.asarray(b, dtype=np.float64).reshape(x.shape) for b in input_box)
+        slack = 1e-9 * (1.0 + np.abs(x))
+        if np.any(lo > x + slack) or np.any(up < x - slack):
+            raise ConfigError("input_box must contain the inputs x")
+        lo, up = np.minimum(lo, x), np.maximum(up, x)  # absorb rounding of the bounds' centre
     lowers, uppers = [], []
     for layer in spec.layers:
         if isinstance(layer, AffineSpec):

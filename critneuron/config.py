@@ -139,9 +139,13 @@ class ScoreConfig:
     lp_cuts_first: bool = field(default=True, metadata={
         "help": "exact mode: converge the Kelley cuts on the LP relaxation before the MIP rounds"})
     selfcheck_tol: float = field(default=1e-4, metadata={"help": "max |MIP logits - torch logits| in exact mode"})
+    first_lp: str = field(default="simplex", metadata={
+        "help": "HiGHS algorithm of each phase's first LP solve: simplex, or ipm (interior point + crossover; "
+                "faster on large LPs such as deep VGG blocks); later Kelley rounds hot-start with simplex"})
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, ("exact", "relaxed"))
+        _check_choice("first_lp", self.first_lp, ("simplex", "ipm"))
         _check_choice("loss", self.loss, ("ce", "margin"))
         _check_positive("lambda", self.lambda_, allow_zero=True)
         _check_positive("epsilon", self.epsilon, allow_zero=True)

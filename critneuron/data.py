@@ -298,12 +298,18 @@ def iterate_batches(
 
 @torch.no_grad()
 def _correct_positions(
-    model: nn.Module, data: TensorData, label: int, count: int, generator: torch.Generator
+    model: nn.Module, data: TensorData, label: int, count: int, generator: torch.Generator,
+    correct_only: bool = True,
 ) -> list[int]:
-    """`count` random positions of class `label` that `model` classifies correctly."""
+    """`count` random positions of class `label` that `model` classifies correctly (any, if not
+    `correct_only`)."""
     device = next(model.parameters()).device
     candidates = torch.nonzero(data.labels == label).flatten()
     candidates = candidates[torch.randperm(len(candidates), generator=generator)]
+    if not correct_only:
+        if len(candidates) < count:
+            raise CritneuronError(f"only {len(candidates)} {data.split} images of class {label}, need {count}")
+        return candidates[:count].tolist()
     found: list[int] = []
     for chunk in candidates.split(256):
         predicted = model(data.x(chunk).to(device)).argmax(dim=1).cpu()
@@ -316,12 +322,14 @@ def _correct_positions(
 
 
 def mip_batch(
-    model: nn.Module, data: TensorData, batch_size: int = 10, seed: int = 0
+    model: nn.Module, data: TensorData, batch_size: int = 10, seed: int = 0, correct_only: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The balanced batch the MIP scores: image i has class i % 10, and each is drawn (seeded)
     from the images of `data` (pass the training split) that `model` classifies correctly.
 
-    Returns (x float B×3×32×32, y, indices into the official split).
+    `correct_only=False` draws from all images of the class, for untrained networks (pruning at
+    initialisation), which classify too few correctly. Returns (x float B×3×32×32, y, indices
+    into the official split).
     """
     generator = torch.Generator().manual_seed(seed)
     wanted = [i % NUM_CLASSES for i in range(batch_size)]
@@ -329,7 +337,7 @@ def mip_batch(
     was_training = model.training
     model.eval()
     try:
-        picks = {c: _correct_positions(model, data, c, wanted.count(c), generator) for c in classes}
+        picks = {c: _correct_positions(model, data, c, wanted.count(c), generator, correct_only) for c in classes}
     finally:
         model.train(was_training)
     positions = torch.tensor([picks[c][i // NUM_CLASSES] for i, c in enumerate(wanted)])

@@ -98,8 +98,19 @@ class _State:
         return sum(a.nnz + g.nnz for a, g in zip(self.a, self.g)) / max(self.c.size, 1)
 
 
+def _tighten(var, coef: float, lower, upper, const: float) -> None:
+    """Intersect var's bounds with lower ≤ coef·var + const ≤ upper (None = unbounded)."""
+    ends = [None if b is None else (float(b) - const) / coef for b in (lower, upper)]
+    lo, hi = ends if coef > 0 else ends[::-1]
+    if lo is not None and (var.lb is None or lo > var.lb):
+        var.setlb(lo)
+    if hi is not None and (var.ub is None or hi < var.ub):
+        var.setub(hi)
+
+
 def _add_rows(con: pe.Constraint, parts: list[tuple[sp.csr_matrix, np.ndarray]], lower, upper, const) -> None:
-    """Add rows lower ≤ Σ_parts M @ vars + const ≤ upper (None = unbounded); skip rows without variables."""
+    """Add rows lower ≤ Σ_parts M @ vars + const ≤ upper (None = unbounded); skip rows without
+    variables; a row with one variable becomes a bound on it (the same feasible set, fewer rows)."""
     n = parts[0][0].shape[0]
     lower = np.broadcast_to(np.asarray(lower, dtype=object), (n,))
     upper = np.broadcast_to(np.asarray(upper, dtype=object), (n,))
@@ -114,6 +125,9 @@ def _add_rows(con: pe.Constraint, parts: list[tuple[sp.csr_matrix, np.ndarray]],
             coefs.extend(vals[keep].tolist())
             vs.extend(picked[keep].tolist())
         if not vs:
+            continue
+        if len(vs) == 1:  # a bound on one variable: tighten its bounds instead of adding a row
+            _tighten(vs[0], coefs[0], lower[i], upper[i], float(const[i]))
             continue
         expr = LinearExpression(constant=float(const[i]), linear_coefs=coefs, linear_vars=vs)
         lo_i = None if lower[i] is None else float(lower[i])
@@ -192,20 +206,37 @@ class _Builder:
         self.state = _State(src, [sp.identity(n, format="csr")] * self.batch, np.zeros((self.batch, n)),
                             [sp.csr_matrix((n, self.n_scores))] * self.batch)
 
+    def _first_copies(self, b: int) -> np.ndarray:
+        """For each unit of sample b, the first unit with the same affine form (itself if none):
+        e.g. an adaptive pool that enlarges a 1×1 map repeats every value."""
+        st = self.state
+        rows = sp.hstack([st.a[b], st.g[b], sp.csr_matrix(st.c[b][:, None])], format="csr")
+        rows.sum_duplicates()
+        first: dict[tuple, int] = {}
+        out = np.empty(rows.shape[0], dtype=np.int64)
+        for j in range(rows.shape[0]):
+            lo, hi = rows.indptr[j], rows.indptr[j + 1]
+            out[j] = first.setdefault((rows.indices[lo:hi].tobytes(), rows.data[lo:hi].tobytes()), j)
+        return out
+
     def materialise(self, idx: int, name: str) -> None:
-        """Turn the current affine form into variables y with rows y = A src + c + G s."""
+        """Turn the current affine form into variables y with rows y = A src + c + G s; units with
+        identical forms share one variable (duplicated columns make the LP degenerate and slow)."""
         n = self.state.c.shape[1]
         blk = pe.Block()
         self.m.add_component(f"{name}_out", blk)
-        blk.y = pe.Var(range(self.batch), range(n))
+        firsts = [self._first_copies(b) for b in range(self.batch)]
+        blk.y = pe.Var([(b, j) for b in range(self.batch) for j in np.unique(firsts[b])])
         blk.definition = pe.ConstraintList()
         src = []
         for b in range(self.batch):
-            ys = np.array([blk.y[b, j] for j in range(n)], dtype=object)
-            neg = [(-m, v) for m, v in self._parts(b)]
-            _add_rows(blk.definition, [(sp.identity(n, format="csr"), ys)] + neg, 0.0, 0.0, -self.state.c[b])
-            self.warm.extend(zip(ys, self.values[idx][b]))
-            src.append(ys)
+            unique = firsts[b] == np.arange(n)
+            ys = np.array([blk.y[b, j] if unique[j] else None for j in range(n)], dtype=object)
+            sel = _select(unique)
+            neg = [(-(sel @ m), v) for m, v in self._parts(b)]
+            _add_rows(blk.definition, [(sel, ys)] + neg, 0.0, 0.0, np.where(unique, -self.state.c[b], 0.0))
+            self.warm.extend((ys[j], self.values[idx][b][j]) for j in np.flatnonzero(unique))
+            src.append(ys[firsts[b]])
         self._replace_state(src)
 
     def relu(self, idx: int, layer: ReLUSpec) -> None:

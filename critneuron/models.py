@@ -96,7 +96,8 @@ def init_weights(model: nn.Module, generator: torch.Generator) -> None:
             nn.init.kaiming_normal_(module.weight, generator=generator)
         else:
             continue
-        nn.init.zeros_(module.bias)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def build_model(name: str, width: float = 1.0, seed: int = 0) -> nn.Sequential:

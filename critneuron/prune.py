@@ -114,6 +114,20 @@ def masks_with_counts(scores: Scores, n_pruned: Mapping[str, int]) -> Masks:
     return Masks(kept=kept, sizes=sizes)
 
 
+def mask_agreement(a: Masks, b: Masks) -> dict[str, dict[str, float]]:
+    """Per layer: the share of units both masks treat alike, the Jaccard index of their pruned
+    sets (1 when both prune nothing) and how many each prunes."""
+    if a.sizes != b.sizes:
+        raise ConfigError(f"masks of different layers or sizes: {a.sizes} vs {b.sizes}")
+    out = {}
+    for name, size in a.sizes.items():
+        pa, pb = set(a.pruned(name)), set(b.pruned(name))
+        union = pa | pb
+        out[name] = {"agreement": 1.0 - len(pa ^ pb) / size, "jaccard": len(pa & pb) / len(union) if union else 1.0,
+                     "pruned_a": len(pa), "pruned_b": len(pb)}
+    return out
+
+
 def check_bias(bias: str) -> str:
     """`bias` if it is 'keep-bias' or 'remove', else ConfigError (the check of `PruneConfig`)."""
     return PruneConfig(bias=bias).bias

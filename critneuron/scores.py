@@ -87,11 +87,14 @@ def _shifts(spec: NetworkSpec, bounds: Bounds, scores: dict[str, np.ndarray]) ->
 
 
 def score(model: nn.Sequential, x, y, cfg: ScoreConfig | None = None,
-          batch_indices: list[int] | None = None) -> Scores:
+          batch_indices: list[int] | None = None,
+          input_box: tuple[np.ndarray, np.ndarray] | None = None) -> Scores:
     """Score every neuron/channel of `model` with the MIP on the batch (x, y).
 
     `model` is a flat `nn.Sequential` of supported layers (see `spec.SUPPORTED`), evaluated in
-    eval mode; x has shape (B, C, H, W) or (B, features). Returns `Scores` whose provenance holds
+    eval mode; x has shape (B, C, H, W) or (B, features). Bounds come from the box x ± ε, or
+    from `input_box` = (lower, upper) around x (a sub-network inside a bigger one, as in
+    `decoupled`). Returns `Scores` whose provenance holds
     the config, solver report, timings, ReLU stability counts and the self-check error (max
     |MIP logits − torch logits with the solved shifts|).
 
@@ -105,7 +108,7 @@ def score(model: nn.Sequential, x, y, cfg: ScoreConfig | None = None,
     times = {}
     t0 = time.perf_counter()
     spec = network_spec(model.eval(), tuple(x.shape[1:]))
-    bounds = interval_bounds(spec, x, cfg.epsilon)
+    bounds = interval_bounds(spec, x, cfg.epsilon, input_box)
     times["bounds"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     form = build_formulation(spec, bounds, x, y, cfg)
@@ -127,6 +130,7 @@ def score(model: nn.Sequential, x, y, cfg: ScoreConfig | None = None,
         "selfcheck_error": error,
         "selfcheck_passed": error <= cfg.selfcheck_tol,
         "batch_indices": None if batch_indices is None else [int(i) for i in batch_indices],
+        "input_box": "epsilon" if input_box is None else "given",
         "labels": y.tolist(),
     }
     return Scores(layers=values, method="mip", provenance=provenance)

@@ -56,17 +56,26 @@ def _make_solver(cfg: ScoreConfig):
     opt = Highs()
     opt.config.load_solution = False
     opt.config.mip_gap = cfg.mip_gap
+    # Between Kelley rounds only cuts are added (and, once, the binaries' domains change, passed
+    # on explicitly): skip appsi's scan of every variable and constraint for other changes,
+    # which on large models (deep VGG blocks) cost more than HiGHS's hot-started re-solve.
+    for check in ("check_for_new_or_removed_vars", "check_for_new_or_removed_params", "check_for_new_objective",
+                  "update_constraints", "update_vars", "update_params", "update_named_expressions",
+                  "update_objective"):
+        setattr(opt.update_config, check, False)
     opt.highs_options = {"threads": cfg.threads, "random_seed": cfg.seed, "output_flag": False}
     return opt
 
 
 def _solve_once(opt, form: Formulation, cfg: ScoreConfig, remaining: float, warm_start: bool,
-                integer: bool) -> dict:
+                integer: bool, algorithm: str = "choose") -> dict:
     """One solve; loads the incumbent if there is one and returns status, objective and bound.
-    An LP (`integer` false) stopped early has no feasible point; a MIP may have an incumbent."""
+    An LP (`integer` false) stopped early has no feasible point; a MIP may have an incumbent.
+    `algorithm`: HiGHS's `solver` option (choose, simplex, ipm)."""
     if cfg.solver == "appsi_highs":
         opt.config.time_limit = max(remaining, 1.0)
         opt.config.warmstart = warm_start
+        opt.highs_options = {**opt.highs_options, "solver": algorithm}
         res = opt.solve(form.model)
         status = res.termination_condition
         feasible = (status in _FEASIBLE if integer else status == TC.optimal) and res.best_feasible_objective is not None
@@ -129,6 +138,8 @@ def solve(form: Formulation, cfg: ScoreConfig) -> SolveReport:
         _kelley(opt, form, cfg, start, history, "lp")
         for v in binaries:
             v.domain = pe.Binary
+        if cfg.solver == "appsi_highs":
+            opt.update_variables(binaries)
         if cfg.warm_start:
             _set_warm_start(form)  # the LP's point is fractional; the initial one stays feasible
     out, lse_gap = _kelley(opt, form, cfg, start, history, "mip" if binaries else "lp")
@@ -143,7 +154,9 @@ def _kelley(opt, form: Formulation, cfg: ScoreConfig, start: float, history: lis
         remaining = cfg.time_limit - (time.perf_counter() - start)
         # A MIP start on a phase's first round and on every MIP round (the last incumbent with t
         # lifted onto the LSE); an LP re-solve gets none, so HiGHS hot-starts from its basis.
-        out = _solve_once(opt, form, cfg, remaining, cfg.warm_start and (first or phase == "mip"), phase == "mip")
+        algorithm = "ipm" if first and phase == "lp" and cfg.first_lp == "ipm" else "choose"
+        out = _solve_once(opt, form, cfg, remaining, cfg.warm_start and (first or phase == "mip"), phase == "mip",
+                          algorithm)
         first = False
         if not out["feasible"]:
             raise SolveError(f"solver {cfg.solver} ended with status {out['status']} and no feasible "

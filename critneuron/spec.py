@@ -17,7 +17,7 @@ from torch import nn
 
 from .config import UnsupportedLayerError
 
-SUPPORTED = "Linear, Conv2d, ReLU, AvgPool2d, BatchNorm1d/2d (eval), Flatten, Dropout/Identity"
+SUPPORTED = "Linear, Conv2d, ReLU, AvgPool2d, AdaptiveAvgPool2d, BatchNorm1d/2d (eval), Flatten, Dropout/Identity"
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,27 @@ def avgpool_spec(name: str, m: nn.AvgPool2d, in_shape: tuple) -> AffineSpec:
     return AffineSpec(name, "avgpool2d", mat, np.zeros(c * oh * ow), in_shape, (c, oh, ow))
 
 
+def _adaptive_bins(n_in: int, n_out: int) -> sp.csr_matrix:
+    """torch's adaptive average bins on one axis: output i averages inputs ⌊i·n/m⌋ .. ⌈(i+1)·n/m⌉ − 1."""
+    rows, cols, vals = [], [], []
+    for i in range(n_out):
+        start, end = (i * n_in) // n_out, -((-(i + 1) * n_in) // n_out)
+        rows += [i] * (end - start)
+        cols += range(start, end)
+        vals += [1.0 / (end - start)] * (end - start)
+    return sp.csr_matrix((vals, (rows, cols)), shape=(n_out, n_in))
+
+
+def adaptive_avgpool_spec(name: str, m: nn.AdaptiveAvgPool2d, in_shape: tuple) -> AffineSpec:
+    """AdaptiveAvgPool2d (bins may overlap) as a per-channel Kronecker product of 1-D bin averages."""
+    c, h, wd = in_shape
+    oh, ow = (m.output_size, m.output_size) if isinstance(m.output_size, int) else m.output_size
+    oh, ow = oh or h, ow or wd
+    single = sp.kron(_adaptive_bins(h, oh), _adaptive_bins(wd, ow), format="csr")
+    mat = sp.block_diag([single] * c, format="csr")
+    return AffineSpec(name, "avgpool2d", mat, np.zeros(c * oh * ow), in_shape, (c, oh, ow))
+
+
 def batchnorm_spec(name: str, m: nn.modules.batchnorm._BatchNorm, in_shape: tuple) -> AffineSpec:
     """BatchNorm in eval mode: a per-channel affine map from the running statistics."""
     if m.running_mean is None:
@@ -170,6 +191,8 @@ def _layer_spec(name: str, m: nn.Module, shape: tuple, scored: set[str]) -> Laye
         return ReLUSpec(name, shape)
     if isinstance(m, nn.AvgPool2d):
         return avgpool_spec(name, m, shape)
+    if isinstance(m, nn.AdaptiveAvgPool2d):
+        return adaptive_avgpool_spec(name, m, shape)
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         return batchnorm_spec(name, m, shape)
     if isinstance(m, nn.Flatten):

@@ -144,8 +144,9 @@ def test_critical_prunes_the_top_scored_units() -> None:
 
 
 @pytest.mark.parametrize("method", BASELINES)
-def test_baseline_masks_prune_as_many_units_per_layer_as_the_reference(method: str) -> None:
-    model = trained_like("lenet5")
+@pytest.mark.parametrize("name", ["lenet5", "vgg16"])
+def test_baseline_masks_prune_as_many_units_per_layer_as_the_reference(name: str, method: str) -> None:
+    model = trained_like(name)
     x, y = batch()
     reference = Scores(layers={k: v + 0.2 for k, v in random_scores(model, 11).layers.items()}, method="mip")
     like = masks_from_scores(reference, 0.6)

@@ -174,6 +174,10 @@ def test_mip_batch_needs_enough_correct_images(tiny_mnist_root: Path) -> None:
     assert y.tolist() == [0]
     with pytest.raises(CritneuronError, match="train images of class 1 are classified correctly"):
         mip_batch(always_zero, data, batch_size=2)
+    _, y, indices = mip_batch(always_zero, data, batch_size=2, correct_only=False)  # untrained networks
+    assert y.tolist() == [0, 1] and torch.equal(mip_batch(always_zero, data, 2, correct_only=False)[2], indices)
+    with pytest.raises(CritneuronError, match="only 4 train images of class 0, need 6"):
+        mip_batch(always_zero, data, batch_size=60, correct_only=False)
 
 
 TEST_CLASS_COUNTS = {

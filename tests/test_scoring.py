@@ -181,9 +181,15 @@ def test_formulation_sizes_hand_counted():
     assert un1.sum() == un2.sum() == 0
     form = build_formulation(spec, b, x, y, ScoreConfig(mode="exact"))
     n_vars = 7 + 4 * 2 + 4 + 1 + 2  # scores, logits, t, theta, excess: stable units have no variable
-    # a dead first-layer unit has Ũ = 0, so its row L ≤ a ≤ 0 holds a constant and is dropped
-    rows = int(on1.sum() + off2.sum() + on2.sum()) + 4 * 2 + 4 + 2  # relu, logits, 1 cut/sample, sum-largest
-    assert off1.sum() > 0
+    # A dead first-layer unit has Ũ = 0, so its row L ≤ a ≤ 0 holds a constant and is dropped. A row
+    # in one variable is a bound: every live first-layer row (s1_j only), and a second-layer row
+    # whose sample has a single live first-layer unit (dead units: s1 of it; live: s1 of it and s2_j).
+    live1 = on1.sum(axis=1)
+    relu_rows = int(sum(off2[b].sum() * (live1[b] >= 2) + on2[b].sum() * (live1[b] >= 1) for b in range(4)))
+    rows = relu_rows + 4 * 2 + 4 + 2  # relu, logits, 1 cut/sample, sum-largest
+    assert off1.sum() > 0 and relu_rows > 0
+    s1 = [form.scores["fc1"][j] for j in range(4)]
+    assert any(v.lb > 0 for v in s1)  # a live first-layer unit's row s1_j ≥ 1 − a/Ũ became a bound
 
     assert sum(1 for _ in form.model.component_data_objects(pe.Var)) == n_vars
     assert sum(1 for _ in form.model.component_data_objects(pe.Constraint)) == rows

@@ -1,0 +1,122 @@
+"""Per-layer cost of decoupled scoring: greedy training per epoch, then every block's sub-MIP
+(size, unstable units, status, Kelley rounds, build and solve time), solved in parallel.
+
+The network (with its heads) is trained greedily with `decoupled.decoupled_train_config`, or
+loaded from --cache. Each block's batch is one the block's own head classifies correctly
+(--any-images: any images of each class, for networks trained too briefly for that). A block
+whose sub-MIP fails (e.g. the time limit with no LP solution) is reported as failed; the others
+are still reported.
+
+Usage:
+    CRITNEURON_DATA=../shared/data .venv/bin/python benchmarks/bench_decoupled.py \
+        --model vgg16 --width 0.125 --dataset cifar10 --epochs 3 --workers 2 --time-limit 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_args, environment, print_environment  # noqa: E402
+
+from critneuron.config import DataConfig, ScoreConfig, SolveError, to_dict  # noqa: E402
+from critneuron.data import load_split  # noqa: E402
+from critneuron.decoupled import (  # noqa: E402
+    Decoupled, block_batches, block_problems, decoupled_train_config, head_accuracies, solve_blocks,
+    train_decoupled,
+)
+from critneuron.models import build_model  # noqa: E402
+
+
+def trained(args: argparse.Namespace, data: DataConfig) -> tuple[Decoupled, dict]:
+    """The greedily trained network with heads (from --cache when there) and its training figures."""
+    name = f"decoupled-{args.model}-{args.width:g}-{args.dataset}-e{args.epochs}-s{args.subset}-seed{args.seed}.pt"
+    path = args.cache / name
+    net = Decoupled.build(build_model(args.model, args.width, seed=args.seed), seed=args.seed)
+    if path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+        net.load_state(blob["state"])
+        return net.eval(), blob["figures"]
+    train, val, test = (load_split(data, s) for s in ("train", "val", "test"))
+    cfg = decoupled_train_config(args.model, args.dataset, args.epochs, args.seed)
+    result = train_decoupled(net, train, val, cfg, augment=args.dataset == "cifar10", device=args.device)
+    device_accuracies = head_accuracies(net, test)
+    net.model.cpu()
+    net.heads.cpu()
+    figures = {"train_seconds": result.train_seconds, "seconds_per_epoch": result.train_seconds / max(args.epochs, 1),
+               "head_test_accuracy": device_accuracies, "history": result.history, "train_config": to_dict(cfg)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state": net.state(), "figures": figures}, path)
+    return net.eval(), figures
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="vgg16")
+    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (vgg16 only)")
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--workers", type=int, default=2, help="sub-MIPs solved at once")
+    parser.add_argument("--first-lp", default="simplex", choices=("simplex", "ipm"))
+    parser.add_argument("--mode", default="relaxed", choices=("relaxed", "exact"))
+    parser.add_argument("--any-images", action="store_true", help="batches need not be classified correctly")
+    parser.add_argument("--device", default=None, help="training device (default: CUDA when available)")
+    add_common_args(parser, "bench_decoupled")
+    args = parser.parse_args(argv)
+    env = environment()
+    print_environment(env)
+    data = DataConfig(dataset=args.dataset, subset=args.subset)
+    net, figures = trained(args, data)
+    print(f"training: {figures['seconds_per_epoch']:.1f} s/epoch; test accuracy of heads 1.. and the network: "
+          + " ".join(f"{a:.3f}" for a in figures["head_test_accuracy"]), flush=True)
+    start = time.perf_counter()
+    batches = block_batches(net, load_split(data, "train"), args.batch_size, args.seed, not args.any_images)
+    problems = block_problems(net, batches, ScoreConfig().epsilon)
+    problem_seconds = time.perf_counter() - start
+    print(f"{len(problems)} sub-MIPs prepared in {problem_seconds:.1f} s (whole-network bounds included)", flush=True)
+    cfg = ScoreConfig(mode=args.mode, batch_size=args.batch_size, time_limit=args.time_limit, first_lp=args.first_lp,
+                      seed=args.seed)
+    rows: dict[str, dict] = {}
+    out = args.out / f"bench_decoupled-{args.model}-{args.width:g}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(problem, scores) -> None:
+        prov, solver = scores.provenance, scores.provenance["solver"]
+        rows[problem.name] = {
+            "block": problem.name, "layers": problem.kept, "status": solver["status"], "rounds": solver["rounds"],
+            "units": sum(c["units"] for c in prov["relu"].values()), "unstable": prov["unstable_units"],
+            "variables": solver["n_variables"], "constraints": solver["n_constraints"],
+            "bounds_s": prov["seconds"]["bounds"], "build_s": prov["seconds"]["build"],
+            "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"]}
+        out.write_text(json.dumps({"args": vars(args), "environment": env, "training": figures,
+                                   "prepare_s": problem_seconds, "blocks": rows}, indent=1, default=str))
+
+    start = time.perf_counter()
+    failed = ""
+    try:
+        solve_blocks(problems, cfg, workers=args.workers, progress=True, done=record)
+    except SolveError as err:
+        failed = str(err)
+    total = time.perf_counter() - start
+    print(f"\n{'block':7} {'layers':18} {'units':>7} {'unstable':>8} {'vars':>7} {'rows':>7} {'status':>14} "
+          f"{'rounds':>6} {'build s':>8} {'solve s':>8} {'wall s':>8}")
+    for p in problems:
+        r = rows.get(p.name)
+        if r is None:
+            print(f"{p.name:7} {','.join(p.kept):18} {'failed (see below)':>60}")
+            continue
+        print(f"{r['block']:7} {','.join(r['layers']):18} {r['units']:7d} {r['unstable']:8d} {r['variables']:7d} "
+              f"{r['constraints']:7d} {r['status']:>14} {r['rounds']:6d} {r['build_s']:8.1f} {r['solve_s']:8.1f} "
+              f"{r['wall_s']:8.1f}")
+    print(f"all sub-MIPs: {total:.1f} s wall with {args.workers} workers; results: {out}")
+    if failed:
+        print(f"failed: {failed}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Decoupled scoring: block split, heads, greedy training, sub-MIPs (input boxes, self-check,
+parallel = serial) and the cached end-to-end run."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from critneuron import decoupled as dec
+from critneuron.bounds import interval_bounds
+from critneuron.config import (
+    DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, UnsupportedLayerError,
+)
+from critneuron.data import load_split
+from critneuron.experiment import decoupled_network, decoupled_run
+from critneuron.models import build_model
+from critneuron.spec import network_spec
+from critneuron.store import Store
+
+
+def toy() -> nn.Sequential:
+    """3×32×32 --conv(3→2, 8, stride 8)--> 2×4×4 --relu--> --conv(2→3, 3)--> 3×2×2 --relu--> --fc(12→10)."""
+    torch.manual_seed(0)
+    return nn.Sequential(OrderedDict(conv1=nn.Conv2d(3, 2, 8, stride=8), relu1=nn.ReLU(),
+                                     conv2=nn.Conv2d(2, 3, 3), relu2=nn.ReLU(), flatten=nn.Flatten(),
+                                     fc1=nn.Linear(12, 10))).eval()
+
+
+def toy_problems(mode_seed: int = 0) -> tuple[dec.Decoupled, list[dec.BlockProblem], np.ndarray]:
+    net = dec.Decoupled.build(toy(), seed=0)
+    gen = torch.Generator().manual_seed(mode_seed)
+    for p in net.heads.parameters():  # untrained heads: random but not all-zero weights
+        p.data = torch.randn(p.shape, generator=gen) * 0.5
+    for head in net.heads:  # BatchNorm running statistics away from the identity
+        head.head_bn1.running_mean.uniform_(-0.1, 0.1, generator=gen)
+        head.head_bn2.running_var.uniform_(0.5, 2.0, generator=gen)
+    x = torch.rand(3, 3, 32, 32, generator=gen)
+    y = torch.tensor([0, 1, 2])
+    batch = (x, y, torch.arange(3))
+    return net, dec.block_problems(net, [batch, batch], epsilon=1e-3), x.double().numpy()
+
+
+def test_split_blocks_of_the_paper_networks() -> None:
+    assert dec.split_blocks(build_model("lenet5")) == [
+        ["conv1", "relu1"], ["pool1", "conv2", "relu2", "pool2", "flatten", "fc1", "relu3", "fc2", "relu4", "fc3"]]
+    blocks = dec.split_blocks(build_model("vgg16", width=0.0625))
+    assert len(blocks) == 13 and blocks[0] == ["conv1", "bn1", "relu1"] and blocks[2] == ["pool1", "conv3", "bn3", "relu3"]
+    assert blocks[-1] == ["conv13", "bn13", "relu13", "pool5", "flatten", "fc1", "bn14", "relu14", "fc2"]
+    with pytest.raises(UnsupportedLayerError, match="has none"):
+        dec.split_blocks(build_model("fc3"))
+
+
+def test_heads_follow_the_block_outputs() -> None:
+    net = dec.Decoupled.build(build_model("vgg16", width=0.0625), seed=0)
+    assert len(net.heads) == 12 and net.names()[-1] == "tail"
+    head = net.heads[0]  # block 1: 4 channels at 32×32
+    assert head.head_pool.output_size == 8 and head.head_conv.in_channels == 4 and head.head_fc1.in_features == 16
+    assert head.head_conv.bias is None and not head.head_bn1.affine
+    assert net.heads[11].head_pool.output_size == 1  # block 12 at 2×2
+    x = torch.rand(2, 3, 32, 32)
+    for k in range(12):
+        assert net.classifier(k).eval()(x).shape == (2, 10)
+    assert net.kept_layers(0) == ["conv1"] and net.kept_layers(12) == ["conv13", "fc1"]
+
+
+def test_adaptive_pool_spec_matches_torch_on_uneven_bins() -> None:
+    pool = nn.Sequential(OrderedDict(p=nn.AdaptiveAvgPool2d((3, 5))))
+    x = torch.rand(2, 2, 7, 11, dtype=torch.float64)
+    spec = network_spec(pool, (2, 7, 11))
+    layer = spec.layers[0]
+    ours = (layer.matrix @ x.reshape(2, -1).numpy().T).T
+    assert np.allclose(ours, pool(x).reshape(2, -1).numpy(), atol=1e-12)
+
+
+def test_block_inputs_and_boxes_come_from_the_whole_network() -> None:
+    net, problems, x = toy_problems()
+    assert [p.name for p in problems] == ["block1", "tail"] and problems[0].input_box is None
+    spec = network_spec(net.model, (3, 32, 32))
+    bounds = interval_bounds(spec, x, 1e-3)
+    relu1 = [layer.name for layer in spec.layers].index("relu1")
+    lower, upper = problems[1].input_box
+    assert np.allclose(lower.reshape(3, -1), bounds.lower[relu1]) and np.allclose(upper.reshape(3, -1), bounds.upper[relu1])
+    with torch.no_grad():
+        expected = net.prefix(1).double()(torch.from_numpy(x)).numpy()
+    net.model.float()
+    assert np.allclose(problems[1].x, expected, atol=1e-12)
+    assert (upper - lower).max() > 2e-3  # wider than the ε-box: the box really is propagated
+
+
+def test_sub_mip_self_check_passes_and_keeps_only_network_layers() -> None:
+    _net, problems, _x = toy_problems()
+    result = dec.solve_block(problems[0], ScoreConfig(mode="exact", time_limit=60))
+    prov = result.provenance
+    assert list(result.layers) == ["conv1"] and prov["dropped_layers"] == ["head_conv", "head_fc1"]
+    assert prov["solver"]["status"] == "optimal" and prov["selfcheck_passed"], prov["selfcheck_error"]
+    assert prov["input_box"] == "epsilon"
+    tail = dec.solve_block(problems[1], ScoreConfig(mode="exact", time_limit=60))
+    assert tail.provenance["selfcheck_passed"] and tail.provenance["input_box"] == "given"
+
+
+def test_parallel_solves_give_the_serial_scores() -> None:
+    _net, problems, _x = toy_problems()
+    cfg = ScoreConfig(time_limit=60)
+    seen = []
+    serial = dec.solve_blocks(problems, cfg, workers=1, done=lambda p, s: seen.append(p.name))
+    parallel = dec.solve_blocks(problems, cfg, workers=2)
+    assert sorted(seen) == ["block1", "tail"]
+    for a, b in zip(serial, parallel):
+        assert list(a.layers) == list(b.layers)
+        for name in a.layers:
+            np.testing.assert_array_equal(a.layers[name], b.layers[name])
+    combined = dec.combine(serial, "decoupled")
+    assert list(combined.layers) == ["conv1", "conv2"] and combined.provenance["training"] == "decoupled"
+    assert [row["block"] for row in combined.provenance["blocks"]] == ["block1", "tail"]
+
+
+def test_decoupled_training_trains_a_classifier_and_leaves_the_network_plain(shared_data_root) -> None:
+    data = DataConfig(dataset="mnist", root=str(shared_data_root), subset=3000, test_subset=500)
+    train, val, test = (load_split(data, s) for s in ("train", "val", "test"))
+    model = build_model("lenet5", seed=0)
+    net = dec.Decoupled.build(model, seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = dec.train_decoupled(net, train, val, dec.decoupled_train_config("lenet5", "mnist", epochs=2),
+                                 progress=False)
+    assert set(model.state_dict()) == set(build_model("lenet5").state_dict())  # heads are not part of it
+    assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k.endswith("weight"))
+    accuracies = dec.head_accuracies(net, test)
+    assert len(accuracies) == 2 and accuracies[-1] > 0.6, accuracies  # the end-to-end network classifies
+    assert len(result.history) == 2 and len(result.history[0]["sub_models"]) == 2
+    frozen = {k: v.clone() for k, v in model.state_dict().items()}
+    dec.train_decoupled(net, train, val, dec.decoupled_train_config("lenet5", "mnist", epochs=1),
+                        training="end-to-end", progress=False)
+    assert all(torch.equal(frozen[k], v) for k, v in model.state_dict().items())  # heads only
+
+
+def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_path) -> None:
+    cfg = RunConfig(data=DataConfig(dataset="mnist", root=str(shared_data_root), subset=3000, test_subset=500),
+                    model=ModelConfig(name="lenet5"),
+                    train=dataclasses.replace(dec.decoupled_train_config("lenet5", "mnist", epochs=2), batch_size=32),
+                    score=ScoreConfig(time_limit=60), prune=PruneConfig(threshold=0.2))
+    store = Store(tmp_path / "results")
+    row = decoupled_run(cfg, store)
+    assert row["training"] == "decoupled" and [b["block"] for b in row["blocks"]] == ["block1", "tail"]
+    assert all(b["status"] == "optimal" for b in row["blocks"])
+    assert set(row["scores"]) == {"conv1", "conv2", "fc1", "fc2"}
+    assert row["pruned"]["test"]["accuracy"] > 0.3 and "random" in row and "critical" in row
+    n_runs = len(store.ls())
+    again = decoupled_run(cfg, store)
+    assert len(store.ls()) == n_runs and again["scores"] == row["scores"]
+    net, _metrics = decoupled_network(cfg, store)
+    assert torch.equal(net.heads[0].head_fc2.weight, decoupled_network(cfg, store)[0].heads[0].head_fc2.weight)

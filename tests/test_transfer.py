@@ -1,0 +1,88 @@
+"""Mask transfer across datasets: masks held at zero while retraining, A's initialisation reused,
+a small end-to-end transfer and pruning at initialisation on the real datasets, and the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from critneuron.baselines import baseline_masks, random_scores
+from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, paper_train_config
+from critneuron.experiment import mip_scores, trained_model
+from critneuron.models import build_model
+from critneuron.prune import masks_from_scores, pruning_stats
+from critneuron.store import Store
+from critneuron.transfer import VARIANTS, at_init_rows, masked_weights_max, source_config, source_masks, \
+    train_masked, transfer_rows
+
+
+@pytest.fixture(scope="module")
+def base(shared_data_root: Path) -> RunConfig:
+    """Small runs: 2,000 training images (1,600 train, 400 val), 500 test images, 30 s solves."""
+    data = DataConfig(root=str(shared_data_root), subset=2000, test_subset=500)
+    return RunConfig(data=data, score=ScoreConfig(time_limit=30))
+
+
+@pytest.mark.parametrize("schedule", ["mnist", "cifar10"])  # RMSprop; SGD with momentum and weight decay
+def test_masked_weights_stay_exactly_zero_through_retraining(base: RunConfig, schedule: str) -> None:
+    init = build_model("lenet5", seed=3).state_dict()
+    like = masks_from_scores(random_scores(build_model("lenet5"), 7), 0.5)
+    masks = baseline_masks("random", build_model("lenet5"), like, seed=1)
+    train_cfg = dataclasses.replace(paper_train_config(schedule, epochs=1), batch_size=32)
+    model = train_masked(ModelConfig("lenet5"), init, masks, base.data, train_cfg)
+    assert masked_weights_max(build_model("lenet5", seed=3), masks) > 0.01  # the init had them non-zero
+    assert masked_weights_max(model, masks) == 0.0
+    for name in masks.kept:
+        kept = masks.kept[name]
+        assert not torch.equal(model.state_dict()[f"{name}.weight"][kept], init[f"{name}.weight"][kept])
+
+
+def test_retraining_starts_from_the_given_initialisation(base: RunConfig) -> None:
+    init = build_model("fc3", seed=5).state_dict()
+    masks = masks_from_scores(random_scores(build_model("fc3"), 2), 0.3)
+    zero_epochs = paper_train_config("mnist", epochs=0)
+    model = train_masked(ModelConfig("fc3"), init, masks, base.data, zero_epochs)
+    for name in ("fc1", "fc2"):
+        expected = init[f"{name}.weight"].clone()
+        expected[masks.pruned(name)] = 0
+        assert torch.equal(model.state_dict()[f"{name}.weight"], expected)
+
+
+def test_transfer_run_on_small_subsets(base: RunConfig, tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    cfg = source_config(base, "fc3", "mnist", seed=0, epochs=1)
+    rows = transfer_rows(cfg, ["fashion-mnist"], store, epochs=1)
+    assert [r["variant"] for r in rows] == list(VARIANTS)
+    assert {(r["source"], r["target"], r["model"], r["epochs"], r["at_init"]) for r in rows} == {
+        ("mnist", "fashion-mnist", "fc3", 1, False)}
+    # the MIP mask of A's trained network at the paper's tau; random and SNIP prune the same counts
+    model, _ = trained_model(cfg, store)
+    mip = masks_from_scores(mip_scores(model, cfg, store), 0.1)
+    init, masks = source_masks(cfg, store)
+    assert masks["mip"] == mip and masks["reference"] is None
+    assert masks["random"].n_pruned() == masks["snip"].n_pruned() == mip.n_pruned()
+    assert masks["random"] != mip and masks["snip"] != mip
+    assert all(torch.equal(init[k], v) for k, v in build_model("fc3", seed=0).state_dict().items())
+    pct = pruning_stats(model, mip)["pct_neurons_pruned"]
+    assert 0 < pct < 100
+    assert [r["pct_neurons_pruned"] for r in rows] == [0.0, pct, pct, pct]
+    assert all(r["masked_weights_max"] == 0.0 for r in rows)
+    assert all(0.3 < r["test_accuracy"] <= 1 for r in rows)  # Fashion-MNIST after 1 short epoch; chance is 0.1
+    assert len({r["test_accuracy"] for r in rows}) > 1
+    runs = len(store.ls("retrain"))
+    assert runs == 4 and transfer_rows(cfg, ["fashion-mnist"], store, epochs=1) == rows
+    assert len(store.ls("retrain")) == runs and len(store.ls("train")) == 1
+
+
+def test_pruning_at_initialisation_scores_the_untrained_network(base: RunConfig, tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    rows = at_init_rows(base, 0, store, model="fc3", targets=["mnist"], epochs=1)
+    assert [r["variant"] for r in rows] == list(VARIANTS) and all(r["at_init"] for r in rows)
+    assert {r["tau"] for r in rows} == {0.2} and 0 < rows[1]["pct_neurons_pruned"] < 100
+    train = store.read("train", store.ls("train")[0]["key"])
+    assert train["config"]["train"]["epochs"] == 0  # the scored network is the initialisation
+    score = store.read("score", store.ls("score")[0]["key"])
+    assert (score["config"]["lambda_"], score["config"]["batch_size"], score["config"]["epsilon"]) == (1.0, 5, 0.0)
