@@ -13,7 +13,7 @@ Every stage is cached in the result store: A's training (kind "train") and score
 `critneuron.experiment`, each retraining on B under kind "retrain", keyed by model, B's data and
 schedule, the initial weights' hash, the mask and the versions.
 
-May import: config, data, models, train, prune, baselines, store, experiment.
+May import: config, data, models, train, scores, prune, baselines, decoupled, store, experiment.
 """
 
 from __future__ import annotations
@@ -28,13 +28,18 @@ from torch import nn
 from .baselines import baseline_masks, snip_batch
 from .config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, paper_train_config, to_dict
 from .data import AUGMENTED_DATASETS, dataset_source, load_split
-from .experiment import TRAIN_THREADS, mip_scores, trained_checkpoint, weights_hash
+from .decoupled import decoupled_train_config
+from .experiment import (
+    TRAIN_THREADS, decoupled_mip_scores, decoupled_network, mip_scores, trained_checkpoint, weights_hash,
+)
 from .models import WIDTH_SCALABLE, build_model
 from .prune import Bias, Masks, freeze_masks, masks_from_scores, pruning_stats, unfreeze_masks
+from .scores import Scores
 from .store import Store
 from .train import State, evaluate, load_checkpoint, torch_threads, train_model
 
 VARIANTS = ("reference", "mip", "random", "snip")
+DECOUPLED_SOURCES = ("vgg16",)  # scored block by block (`critneuron.decoupled`), as in the paper
 # The paper's pruning at initialisation: the MIP on the untrained LeNet-5, B = 5, λ = 1, τ = 0.2
 # (relaxed), the masked net trained 20 epochs on MNIST and transferred to Fashion-MNIST and CIFAR-10.
 # ε = 0 is ours: at initialisation the biases are zero, so every conv1 unit over MNIST's black
@@ -101,23 +106,39 @@ def retrained_accuracy(model_cfg: ModelConfig, init_state: State, masks: Masks |
                         lambda: _retrain(model_cfg, init_state, masks, data, train_cfg, bias), **inputs)
 
 
-def source_masks(cfg: RunConfig, store: Store, at_init: bool = False) -> tuple[State, dict[str, Masks | None]]:
+def _scored_source(cfg: RunConfig, store: Store, at_init: bool, decoupled: bool) -> tuple[nn.Sequential, State, Scores]:
+    """A's network, its initial weights and its MIP scores (whole-network, or block by block)."""
+    if decoupled:
+        cfg = dataclasses.replace(cfg, train=decoupled_train_config(cfg.model.name, cfg.data.dataset,
+                                                                    cfg.train.epochs, cfg.train.seed))
+        net, _metrics = decoupled_network(cfg, store, "decoupled")
+        init = build_model(cfg.model.name, cfg.model.width, seed=cfg.train.seed)  # what greedy training started from
+        return net.model, init.state_dict(), decoupled_mip_scores(net, cfg, store, "decoupled")
+    path, _metrics = trained_checkpoint(cfg, store)
+    model, meta = load_checkpoint(path)
+    model.eval()
+    return model, meta["init_state"], mip_scores(model, cfg, store, correct_only=not at_init)
+
+
+def source_masks(cfg: RunConfig, store: Store, at_init: bool = False,
+                 decoupled: bool | None = None) -> tuple[State, dict[str, Masks | None]]:
     """A's initial weights and the masks to transfer, keyed by `VARIANTS`: None (reference), the
     MIP mask at τ, a random mask (seed: the training seed) and the SNIP mask at its per-layer counts.
 
     `at_init`: score the untrained network (its balanced batch need not be classified correctly).
+    `decoupled` (default: for the models in `DECOUPLED_SOURCES`, as the paper does for VGG-16):
+    A's network is trained greedily with auxiliary heads (`decoupled_train_config`, A's epochs)
+    and scored block by block (`experiment.decoupled_mip_scores`).
     """
     if at_init:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=0))
-    path, _metrics = trained_checkpoint(cfg, store)
-    model, meta = load_checkpoint(path)
-    model.eval()
-    scores = mip_scores(model, cfg, store, correct_only=not at_init)
+    decoupled = cfg.model.name in DECOUPLED_SOURCES and not at_init if decoupled is None else decoupled
+    model, init_state, scores = _scored_source(cfg, store, at_init, decoupled)
     mip = masks_from_scores(scores, cfg.prune.resolve(cfg.model.name, cfg.data.dataset))
     x, y = snip_batch(load_split(cfg.data, "train"), seed=cfg.score.seed)
     masks = {"reference": None, "mip": mip, "random": baseline_masks("random", model, mip, seed=cfg.train.seed),
              "snip": baseline_masks("snip", model, mip, x=x, y=y)}
-    return meta["init_state"], masks
+    return init_state, masks
 
 
 def transfer_rows(cfg: RunConfig, targets: Sequence[str], store: Store, epochs: int | None = None,

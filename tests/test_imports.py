@@ -29,7 +29,8 @@ ALLOWED: dict[str, set[str] | None] = {
     "experiment": _EVERYTHING_ABOVE,
     "sweep": _EVERYTHING_ABOVE | {"experiment"},
     "budget": {"config", "data", "train", "scores", "prune", "baselines", "store", "experiment"},
-    "transfer": {"config", "data", "models", "train", "prune", "baselines", "store", "experiment"},
+    "transfer": {"config", "data", "models", "train", "scores", "prune", "baselines", "decoupled", "store",
+                 "experiment"},
     "book": None,  # may import anything
     "cli": None,  # may import anything
 }

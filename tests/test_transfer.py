@@ -15,7 +15,7 @@ from critneuron.experiment import mip_scores, trained_model
 from critneuron.models import build_model
 from critneuron.prune import masks_from_scores, pruning_stats
 from critneuron.store import Store
-from critneuron.transfer import VARIANTS, at_init_rows, masked_weights_max, source_config, source_masks, \
+from critneuron.transfer import DECOUPLED_SOURCES, VARIANTS, at_init_rows, masked_weights_max, source_config, source_masks, \
     train_masked, transfer_rows
 
 
@@ -86,3 +86,18 @@ def test_pruning_at_initialisation_scores_the_untrained_network(base: RunConfig,
     assert train["config"]["train"]["epochs"] == 0  # the scored network is the initialisation
     score = store.read("score", store.ls("score")[0]["key"])
     assert (score["config"]["lambda_"], score["config"]["batch_size"], score["config"]["epsilon"]) == (1.0, 5, 0.0)
+
+
+def test_decoupled_source_masks_come_from_block_scores(base: RunConfig, tmp_path: Path) -> None:
+    """VGG-16's masks come from decoupled scoring (the default for DECOUPLED_SOURCES); here LeNet-5
+    forced through the same path on a small subset."""
+    store = Store(tmp_path)
+    cfg = source_config(dataclasses.replace(base, data=dataclasses.replace(base.data, subset=10000)),
+                        "lenet5", "mnist", seed=0, epochs=3)
+    init, masks = source_masks(cfg, store, decoupled=True)
+    assert "vgg16" in DECOUPLED_SOURCES and "lenet5" not in DECOUPLED_SOURCES
+    blocks = [store.read("score", r["key"])["config"]["block"] for r in store.ls("score")]
+    assert sorted(blocks) == ["block1", "tail"]
+    assert store.read("train", store.ls("train")[0]["key"])["config"]["training"] == "decoupled"
+    assert masks["random"].n_pruned() == masks["snip"].n_pruned() == masks["mip"].n_pruned()
+    assert all(torch.equal(init[k], v) for k, v in build_model("lenet5", seed=0).state_dict().items())
