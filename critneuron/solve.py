@@ -67,13 +67,21 @@ def _make_solver(cfg: ScoreConfig):
     return opt
 
 
+def highs_time_limit(opt, remaining: float) -> float:
+    """HiGHS's `time_limit` that leaves `remaining` seconds for the next run: HiGHS (< 2.0) compares
+    it with the run time accumulated over *all* runs of its object, so a Kelley loop that passed
+    `remaining` alone was stopped early (after about half its limit)."""
+    highs = getattr(opt, "_solver_model", None)  # appsi's highspy object, None before the first solve
+    return max(remaining, 1.0) + (highs.getRunTime() if highs is not None else 0.0)
+
+
 def _solve_once(opt, form: Formulation, cfg: ScoreConfig, remaining: float, warm_start: bool,
                 integer: bool, algorithm: str = "choose") -> dict:
     """One solve; loads the incumbent if there is one and returns status, objective and bound.
     An LP (`integer` false) stopped early has no feasible point; a MIP may have an incumbent.
     `algorithm`: HiGHS's `solver` option (choose, simplex, ipm)."""
     if cfg.solver == "appsi_highs":
-        opt.config.time_limit = max(remaining, 1.0)
+        opt.config.time_limit = highs_time_limit(opt, remaining)
         opt.config.warmstart = warm_start
         opt.highs_options = {**opt.highs_options, "solver": algorithm}
         res = opt.solve(form.model)

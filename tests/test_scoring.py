@@ -227,3 +227,19 @@ def test_kelley_loop_cut_short_is_not_reported_optimal():
     assert score(net, x, y, ScoreConfig()).provenance["solver"]["rounds"] > 1
     report = score(net, x, y, ScoreConfig(max_rounds=1)).provenance["solver"]
     assert report["lse_gap"] > 1e-6 and report["status"] == "maxIterations"
+
+
+def test_highs_time_limit_counts_the_runs_so_far():
+    """HiGHS compares time_limit with its object's total run time over all runs (before 2.0)."""
+    from types import SimpleNamespace
+
+    from critneuron.solve import highs_time_limit
+
+    assert highs_time_limit(SimpleNamespace(_solver_model=None), 30.0) == 30.0
+    used = SimpleNamespace(_solver_model=SimpleNamespace(getRunTime=lambda: 250.0))
+    assert highs_time_limit(used, 30.0) == 280.0 and highs_time_limit(used, 0.0) == 251.0
+    net = tiny_fc()
+    torch.manual_seed(1)
+    x, y = 4 * torch.rand(3, 2), torch.tensor([0, 1, 1])
+    report = score(net, x, y, ScoreConfig(time_limit=5)).provenance["solver"]
+    assert report["rounds"] > 1 and report["status"] == "optimal"  # the limit works across rounds
