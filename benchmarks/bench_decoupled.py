@@ -1,8 +1,9 @@
 """Per-layer cost of decoupled scoring: greedy training per epoch, then every block's sub-MIP
 (size, unstable units, status, Kelley rounds, build and solve time), solved in parallel.
 
-The network (with its heads) is trained greedily with `decoupled.decoupled_train_config`, or
-loaded from --cache. Each block's batch is one the block's own head classifies correctly
+The network (with its heads) is trained greedily with `decoupled.decoupled_train_config`
+through `experiment.decoupled_network`, whose result store is --cache (trained once per config;
+CUDA when available). Each block's batch is one the block's own head classifies correctly
 (--any-images: any images of each class, for networks trained too briefly for that). A block
 whose sub-MIP fails (e.g. the time limit with no LP solution) is reported as failed; the others
 are still reported.
@@ -20,40 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, environment, print_environment  # noqa: E402
 
-from critneuron.config import DataConfig, ScoreConfig, SolveError, to_dict  # noqa: E402
+from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, SolveError  # noqa: E402
 from critneuron.data import load_split  # noqa: E402
-from critneuron.decoupled import (  # noqa: E402
-    Decoupled, block_batches, block_problems, decoupled_train_config, head_accuracies, solve_blocks,
-    train_decoupled,
-)
-from critneuron.models import build_model  # noqa: E402
-
-
-def trained(args: argparse.Namespace, data: DataConfig) -> tuple[Decoupled, dict]:
-    """The greedily trained network with heads (from --cache when there) and its training figures."""
-    name = f"decoupled-{args.model}-{args.width:g}-{args.dataset}-e{args.epochs}-s{args.subset}-seed{args.seed}.pt"
-    path = args.cache / name
-    net = Decoupled.build(build_model(args.model, args.width, seed=args.seed), seed=args.seed)
-    if path.is_file():
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-        net.load_state(blob["state"])
-        return net.eval(), blob["figures"]
-    train, val, test = (load_split(data, s) for s in ("train", "val", "test"))
-    cfg = decoupled_train_config(args.model, args.dataset, args.epochs, args.seed)
-    result = train_decoupled(net, train, val, cfg, augment=args.dataset == "cifar10", device=args.device)
-    device_accuracies = head_accuracies(net, test)
-    net.model.cpu()
-    net.heads.cpu()
-    figures = {"train_seconds": result.train_seconds, "seconds_per_epoch": result.train_seconds / max(args.epochs, 1),
-               "head_test_accuracy": device_accuracies, "history": result.history, "train_config": to_dict(cfg)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state": net.state(), "figures": figures}, path)
-    return net.eval(), figures
+from critneuron.decoupled import block_batches, block_problems, decoupled_train_config, solve_blocks  # noqa: E402
+from critneuron.experiment import decoupled_network  # noqa: E402
+from critneuron.store import Store  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,13 +40,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-lp", default="simplex", choices=("simplex", "ipm"))
     parser.add_argument("--mode", default="relaxed", choices=("relaxed", "exact"))
     parser.add_argument("--any-images", action="store_true", help="batches need not be classified correctly")
-    parser.add_argument("--device", default=None, help="training device (default: CUDA when available)")
     add_common_args(parser, "bench_decoupled")
     args = parser.parse_args(argv)
     env = environment()
     print_environment(env)
     data = DataConfig(dataset=args.dataset, subset=args.subset)
-    net, figures = trained(args, data)
+    run = RunConfig(data=data, model=ModelConfig(name=args.model, width=args.width),
+                    train=decoupled_train_config(args.model, args.dataset, args.epochs, args.seed))
+    net, figures = decoupled_network(run, Store(args.cache), "decoupled", progress=True)  # trained once per config
+    figures = {k: figures[k] for k in ("train_seconds", "head_test_accuracy", "history")}
+    figures["seconds_per_epoch"] = figures["train_seconds"] / max(args.epochs, 1)
     print(f"training: {figures['seconds_per_epoch']:.1f} s/epoch; test accuracy of heads 1.. and the network: "
           + " ".join(f"{a:.3f}" for a in figures["head_test_accuracy"]), flush=True)
     start = time.perf_counter()

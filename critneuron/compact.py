@@ -42,7 +42,8 @@ from torch.nn.utils import parametrize
 
 from .config import ConfigError, UnsupportedLayerError
 from .models import INPUT_SHAPE
-from .prune import Bias, Masks, check_bias, check_masks, evaluating, layer_shapes, unit_count
+from .models import evaluating
+from .prune import Bias, Masks, check_bias, check_masks, layer_shapes, unit_count
 
 
 class BorderBiasConv2d(nn.Conv2d):

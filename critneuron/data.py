@@ -5,7 +5,7 @@ and no normalisation (CIFAR-10 becomes grayscale too). The PIL transforms run on
 the result is cached as uint8 N×1×32×32 and expanded to 3 channels and divided by 255 when a
 batch is served, which is exactly what `ToTensor` returns.
 
-May import: config.
+May import: config, models.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from torchvision import datasets, transforms
 from tqdm import tqdm
 
 from critneuron.config import ConfigError, CritneuronError, DataConfig, DatasetMissingError
+from critneuron.models import evaluating
 
 SPLITS = ("train", "val", "test")
 NUM_CLASSES = 10
@@ -334,11 +335,7 @@ def mip_batch(
     generator = torch.Generator().manual_seed(seed)
     wanted = [i % NUM_CLASSES for i in range(batch_size)]
     classes = sorted(set(wanted))  # a fixed order of draws from the generator
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         picks = {c: _correct_positions(model, data, c, wanted.count(c), generator, correct_only) for c in classes}
-    finally:
-        model.train(was_training)
     positions = torch.tensor([picks[c][i // NUM_CLASSES] for i, c in enumerate(wanted)])
     return data.x(positions), data.y(positions), data.indices[positions]

@@ -32,7 +32,7 @@ from .config import (
     CritneuronError, ScoreConfig, SolveError, TrainConfig, UnsupportedLayerError, paper_train_config,
 )
 from .data import TensorData, iterate_batches, mip_batch
-from .models import INPUT_SHAPE, NUM_CLASSES, init_weights
+from .models import INPUT_SHAPE, NUM_CLASSES, evaluating, init_weights
 from .scores import Scores, score
 from .spec import network_spec, scored_layer_names
 from .train import State, clone_state, evaluate, make_optimizer, resolve_device
@@ -109,13 +109,10 @@ class Decoupled:
         """Split `model` and give each block a freshly initialised head (seeded)."""
         blocks = split_blocks(model)
         heads, x = [], torch.zeros(2, *input_shape, device=next(model.parameters()).device)
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
+        with evaluating(model), torch.no_grad():
             for names in blocks[:-1]:
                 x = _sequential(model, names)(x)
                 heads.append(make_head(x.shape[1], x.shape[-1]))
-        model.train(was_training)
         head_list = nn.ModuleList(heads).to(x.device)
         init_weights(head_list, torch.Generator().manual_seed(seed))
         return cls(model, head_list, blocks)
@@ -157,8 +154,7 @@ class Decoupled:
         self.heads.load_state_dict(state["heads"])
 
     def eval(self) -> "Decoupled":
-        """Network and heads in eval mode. Helpers that take a container built here (evaluate,
-        mip_batch) restore *its* mode, train, on the shared modules; call this after them."""
+        """Network and heads in eval mode."""
         self.model.eval()
         self.heads.eval()
         return self
@@ -245,9 +241,7 @@ def train_decoupled(net: Decoupled, train_data: TensorData, val_data: TensorData
 
 def head_accuracies(net: Decoupled, data: TensorData) -> list[float]:
     """Test accuracy of input → block k → head k for every head, then of the whole network."""
-    accuracies = [evaluate(net.classifier(k), data)[0] for k in range(len(net.heads))] + [evaluate(net.model, data)[0]]
-    net.eval()
-    return accuracies
+    return [evaluate(net.classifier(k), data)[0] for k in range(len(net.heads))] + [evaluate(net.model, data)[0]]
 
 
 @dataclass
@@ -269,9 +263,7 @@ def block_batches(net: Decoupled, data: TensorData, batch_size: int, seed: int,
     """Per sub-model, the balanced MIP batch (x, y, indices) its own classifier gets right:
     head k's network for block k, the whole network for the tail (see `data.mip_batch`)."""
     classifiers = [net.classifier(k) for k in range(len(net.heads))] + [net.model]
-    batches = [mip_batch(c, data, batch_size, seed=seed, correct_only=correct_only) for c in classifiers]
-    net.eval()
-    return batches
+    return [mip_batch(c, data, batch_size, seed=seed, correct_only=correct_only) for c in classifiers]
 
 
 def block_problems(net: Decoupled, batches: list[tuple], epsilon: float) -> list[BlockProblem]:

@@ -79,10 +79,16 @@ def _train(cfg: RunConfig, progress: bool) -> RunOutput:
     metrics = {"test_accuracy": test_acc, "test_loss": test_loss, "best_epoch": result.best_epoch,
                "history": result.history, "train_seconds": time.perf_counter() - start,
                "weights_hash": weights_hash(result.model), "source": dataset_source(cfg.data)}
+    return _checkpoint_output(result.model, cfg, result.init_state, metrics)
+
+
+def _checkpoint_output(model: nn.Module, cfg: RunConfig, init_state, metrics: dict, **artifacts: bytes) -> RunOutput:
+    """A training run's stored output: `metrics`, the checkpoint (weights, initial weights,
+    configs) and any further artifacts."""
     with tempfile.TemporaryDirectory(prefix="critneuron-") as tmp:
         path = Path(tmp) / "checkpoint.pt"
-        save_checkpoint(path, result.model, cfg.model, cfg.data, cfg.train, result.init_state, metrics)
-        return RunOutput(result=metrics, artifacts={"checkpoint.pt": path.read_bytes()})
+        save_checkpoint(path, model, cfg.model, cfg.data, cfg.train, init_state, metrics)
+        return RunOutput(result=metrics, artifacts={"checkpoint.pt": path.read_bytes(), **artifacts})
 
 
 def score_inputs(model: nn.Sequential, data: DataConfig, cfg: ScoreConfig,
@@ -225,10 +231,7 @@ def _train_decoupled(cfg: RunConfig, progress: bool) -> RunOutput:
                "best_epoch": result.best_epoch, "history": result.history, "training": "decoupled",
                "train_seconds": time.perf_counter() - start, "weights_hash": weights_hash(net.model),
                "source": dataset_source(cfg.data)}
-    with tempfile.TemporaryDirectory(prefix="critneuron-") as tmp:
-        path = Path(tmp) / "checkpoint.pt"
-        save_checkpoint(path, net.model, cfg.model, cfg.data, cfg.train, init_state, metrics)
-        return RunOutput(result=metrics, artifacts={"checkpoint.pt": path.read_bytes(), "heads.pt": _heads_bytes(net)})
+    return _checkpoint_output(net.model, cfg, init_state, metrics, **{"heads.pt": _heads_bytes(net)})
 
 
 def _fit_heads(model: nn.Sequential, cfg: RunConfig, head_cfg, progress: bool) -> RunOutput:

@@ -6,8 +6,9 @@ May import: config.
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -117,3 +118,17 @@ def build_model(name: str, width: float = 1.0, seed: int = 0) -> nn.Sequential:
     model = nn.Sequential(OrderedDict(_BUILDERS[name](width)))
     init_weights(model, torch.Generator().manual_seed(seed))
     return model
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily put `model` in eval mode, restoring every submodule's training flag afterwards
+    (not the container's flag on all of them: a container built over shared modules, e.g. a block
+    and its head, must not switch the network it shares them with back to training)."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags.items():
+            module.train(flag)

@@ -11,12 +11,11 @@ May import: config, models, scores, spec.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Mapping, Union
+from typing import Any, Literal, Mapping, Union
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .config import ConfigError, PruneConfig, UnsupportedLayerError
-from .models import INPUT_SHAPE
+from .models import INPUT_SHAPE, evaluating
 from .scores import Scores
 from .spec import scored_layer_names
 
@@ -229,18 +228,6 @@ def unfreeze_masks(model: nn.Sequential) -> None:
         if parametrize.is_parametrized(module):
             for tensor_name in list(module.parametrizations):
                 parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
-
-
-@contextlib.contextmanager
-def evaluating(model: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily put `model` in eval mode, restoring every submodule's training flag afterwards."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for module, flag in flags.items():
-            module.train(flag)
 
 
 def layer_shapes(

@@ -25,7 +25,7 @@ from critneuron.config import (
     CritneuronError, DataConfig, ModelConfig, TrainConfig, from_dict, to_dict,
 )
 from critneuron.data import TensorData, iterate_batches
-from critneuron.models import build_model
+from critneuron.models import build_model, evaluating
 
 CHECKPOINT_FORMAT = 1
 State = dict[str, torch.Tensor]
@@ -85,14 +85,13 @@ def _device_of(model: nn.Module) -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1024) -> tuple[float, float]:
     """(accuracy, mean cross-entropy loss) of `model` on `data`, in eval mode."""
-    device, was_training = _device_of(model), model.training
-    model.eval()
+    device = _device_of(model)
     correct, loss = 0, 0.0
-    for x, y in iterate_batches(data, batch_size):
-        logits = model(x.to(device)).cpu()
-        correct += int((logits.argmax(dim=1) == y).sum())
-        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-    model.train(was_training)
+    with evaluating(model):
+        for x, y in iterate_batches(data, batch_size):
+            logits = model(x.to(device)).cpu()
+            correct += int((logits.argmax(dim=1) == y).sum())
+            loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
     n = max(len(data), 1)
     return correct / n, loss / n
 

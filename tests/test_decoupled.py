@@ -131,6 +131,9 @@ def test_decoupled_training_trains_a_classifier_and_leaves_the_network_plain(sha
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k.endswith("weight"))
     accuracies = dec.head_accuracies(net, test)
     assert len(accuracies) == 2 and accuracies[-1] > 0.6, accuracies  # the end-to-end network classifies
+    dec.block_batches(net, train, 10, seed=0, correct_only=False)
+    # evaluating containers over the shared modules leaves the network and heads in eval mode
+    assert not any(m.training for m in [*model.modules(), *net.heads.modules()])
     assert len(result.history) == 2 and len(result.history[0]["sub_models"]) == 2
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
     dec.train_decoupled(net, train, val, dec.decoupled_train_config("lenet5", "mnist", epochs=1),

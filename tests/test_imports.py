@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "critneuron"
 
 _BASE = {
     "config": set(),
-    "data": {"config"},
+    "data": {"config", "models"},
     "models": {"config"},
     "train": {"config", "data", "models"},
     "spec": {"config"},
