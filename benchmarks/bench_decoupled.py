@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-lp", default="simplex", choices=("simplex", "ipm"))
     parser.add_argument("--mode", default="relaxed", choices=("relaxed", "exact"))
     parser.add_argument("--any-images", action="store_true", help="batches need not be classified correctly")
+    parser.add_argument("--blocks", default=None,
+                        help="solve only these blocks, 1-based: '3-13' or '1,8,13' (the tail is the last)")
+    parser.add_argument("--deep-first", action="store_true", help="start the deepest blocks first")
     add_common_args(parser, "bench_decoupled")
     args = parser.parse_args(argv)
     env = environment()
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     batches = block_batches(net, load_split(data, "train"), args.batch_size, args.seed, not args.any_images)
     problems = block_problems(net, batches, ScoreConfig().epsilon)
+    problems = [problems[k - 1] for k in _block_numbers(args.blocks, len(problems))]
     problem_seconds = time.perf_counter() - start
     print(f"{len(problems)} sub-MIPs prepared in {problem_seconds:.1f} s (whole-network bounds included)", flush=True)
     cfg = ScoreConfig(mode=args.mode, batch_size=args.batch_size, time_limit=args.time_limit, first_lp=args.first_lp,
@@ -63,6 +67,10 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out / f"bench_decoupled-{args.model}-{args.width:g}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    def save(**extra) -> None:
+        out.write_text(json.dumps({"args": vars(args), "environment": env, "training": figures,
+                                   "prepare_s": problem_seconds, "blocks": rows, **extra}, indent=1, default=str))
+
     def record(problem, scores) -> None:
         prov, solver = scores.provenance, scores.provenance["solver"]
         rows[problem.name] = {
@@ -70,17 +78,19 @@ def main(argv: list[str] | None = None) -> None:
             "units": sum(c["units"] for c in prov["relu"].values()), "unstable": prov["unstable_units"],
             "variables": solver["n_variables"], "constraints": solver["n_constraints"],
             "bounds_s": prov["seconds"]["bounds"], "build_s": prov["seconds"]["build"],
-            "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"]}
-        out.write_text(json.dumps({"args": vars(args), "environment": env, "training": figures,
-                                   "prepare_s": problem_seconds, "blocks": rows}, indent=1, default=str))
+            "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"],
+            "round_end_s": [round(h["seconds"], 2) for h in solver["history"]]}
+        save()
 
     start = time.perf_counter()
     failed = ""
     try:
-        solve_blocks(problems, cfg, workers=args.workers, progress=True, done=record)
+        solve_blocks(problems[::-1] if args.deep_first else problems, cfg, workers=args.workers, progress=True,
+                     done=record)
     except SolveError as err:
         failed = str(err)
     total = time.perf_counter() - start
+    save(failed=failed, solve_wall_s=total)
     print(f"\n{'block':7} {'layers':18} {'units':>7} {'unstable':>8} {'vars':>7} {'rows':>7} {'status':>14} "
           f"{'rounds':>6} {'build s':>8} {'solve s':>8} {'wall s':>8}")
     for p in problems:
@@ -94,6 +104,19 @@ def main(argv: list[str] | None = None) -> None:
     print(f"all sub-MIPs: {total:.1f} s wall with {args.workers} workers; results: {out}")
     if failed:
         print(f"failed: {failed}")
+
+
+def _block_numbers(spec: str | None, n: int) -> list[int]:
+    """'3-13' or '1,8,13' (1-based, n = the tail) -> block numbers; None -> all."""
+    if spec is None:
+        return list(range(1, n + 1))
+    numbers: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        numbers.extend(range(int(lo), int(hi or lo) + 1))
+    if not numbers or min(numbers) < 1 or max(numbers) > n:
+        raise SystemExit(f"--blocks {spec!r}: block numbers run from 1 to {n}")
+    return numbers
 
 
 if __name__ == "__main__":

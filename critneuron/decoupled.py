@@ -330,6 +330,8 @@ def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, workers: int = 
             bar.set_postfix_str(f"{problems[i].name}: {report['status']} in {results[i].provenance['wall_seconds']:.1f} s")
             if done is not None:
                 done(problems[i], results[i])
+        if progress and problems[i].name in errors:  # said now too: a long run may be cut off before the end
+            tqdm.write(f"{problems[i].name} failed: {errors[problems[i].name]}")
         bar.update(1)
 
     if workers <= 1:

@@ -33,7 +33,7 @@ from .prune import Masks, apply_masks, freeze_masks, mask_agreement, masks_from_
 from .scores import Scores, score
 from .solve import solver_version
 from .store import RunOutput, Store, versions
-from .train import clone_state, evaluate, load_checkpoint, save_checkpoint, torch_threads, train_model
+from .train import clone_state, evaluate, load_checkpoint, resolve_device, save_checkpoint, torch_threads, train_model
 
 TRAIN_THREADS = 1  # stored runs train single-threaded: the same config gives the same weights on any executor
 
@@ -124,7 +124,9 @@ def _finetune(model: nn.Sequential, masks: Masks, cfg: RunConfig, train, val) ->
 
 
 def evaluate_masks(model: nn.Sequential, scores: Scores, cfg: RunConfig, data: dict) -> dict[str, Any]:
-    """Reference vs pruned (no fine-tuning), random and critical at the same per-layer counts."""
+    """Reference vs pruned (no fine-tuning), random and critical at the same per-layer counts,
+    evaluated on CUDA when available (a copy of `model` goes there; `model` stays where it is)."""
+    model = copy.deepcopy(model).to(resolve_device())
     threshold = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
     masks = masks_from_scores(scores, threshold)
     row: dict[str, Any] = {"threshold": threshold}

@@ -132,7 +132,8 @@ def solve(form: Formulation, cfg: ScoreConfig) -> SolveReport:
     relaxation (cheap, hot-started re-solves), so that the MIP rounds, each a full branch and
     bound, need only the few cuts the relaxation's miss. Raises `SolveError` if a solve ends
     with no feasible solution (infeasible, or a time-out without an incumbent). A time-out with
-    an incumbent returns it, with status and gap.
+    an incumbent returns it, with status and gap; so does a time-out in a later Kelley round,
+    with the previous round's point (status maxTimeLimit, LSE gap as in that round).
     """
     start = time.perf_counter()
     opt = _make_solver(cfg)
@@ -163,12 +164,19 @@ def _kelley(opt, form: Formulation, cfg: ScoreConfig, start: float, history: lis
         # A MIP start on a phase's first round and on every MIP round (the last incumbent with t
         # lifted onto the LSE); an LP re-solve gets none, so HiGHS hot-starts from its basis.
         algorithm = "ipm" if first and phase == "lp" and cfg.first_lp == "ipm" else "choose"
+        previous = out
         out = _solve_once(opt, form, cfg, remaining, cfg.warm_start and (first or phase == "mip"), phase == "mip",
                           algorithm)
         first = False
+        if not out["feasible"] and previous and out["status"] == TC.maxTimeLimit.name:
+            # The time ran out in a re-solve: the variables still hold the last round's point.
+            out = {**previous, "status": TC.maxTimeLimit.name}
+            break
         if not out["feasible"]:
+            sizes = form.sizes()
             raise SolveError(f"solver {cfg.solver} ended with status {out['status']} and no feasible "
-                             f"solution in round {len(history) + 1} after {time.perf_counter() - start:.1f}s")
+                             f"solution in round {len(history) + 1} after {time.perf_counter() - start:.1f}s "
+                             f"(model: {sizes['variables']} variables, {sizes['constraints']} constraints)")
         logits = form.logit_values()
         gaps = _lse_gaps(form, logits) if cfg.loss == "ce" else np.zeros(1)
         lse_gap = float(np.max(gaps))

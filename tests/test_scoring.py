@@ -137,6 +137,55 @@ def test_substituting_stable_units_gives_same_optimum_as_variables_everywhere(mo
     assert objs[1] == pytest.approx(objs[0], abs=1e-6)
 
 
+def test_repeated_units_become_one_column_with_the_same_optimum():
+    """AdaptiveAvgPool2d(2) on a 1×1 map repeats each value 4 times: with every layer materialised,
+    the next Linear's rows name each variable once (coefficients summed), and the optimum is
+    that of the default (substituted) build."""
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict(conv1=nn.Conv2d(1, 3, 3), relu1=nn.ReLU(), pool1=nn.AdaptiveAvgPool2d(2),
+                                     flatten=nn.Flatten(), fc1=nn.Linear(12, 4), relu2=nn.ReLU(),
+                                     fc2=nn.Linear(4, 2))).eval()
+    x = np.random.default_rng(0).uniform(0, 1, (3, 1, 3, 3))
+    y = np.array([0, 1, 1])
+    spec = network_spec(net, (1, 3, 3))
+    cfg = ScoreConfig(mode="relaxed", epsilon=0.3)
+    bounds = interval_bounds(spec, x, cfg.epsilon)
+    forms = [build_formulation(spec, bounds, x, y, cfg, dense_limit=d) for d in (0.0, 64.0)]
+    fc1_rows = [c.body for c in forms[0].model.component_data_objects(pe.Constraint)
+                if c.parent_block().name == "relu2"]
+    assert fc1_rows
+    for body in fc1_rows:
+        names = [v.name for v in body.linear_vars]
+        assert len(names) == len(set(names))
+    objs = [solve(f, cfg).objective for f in forms]
+    assert objs[0] == pytest.approx(objs[1], abs=1e-6)
+
+
+def test_kelley_round_timed_out_keeps_the_last_rounds_point(monkeypatch):
+    """A re-solve that hits the time limit returns the previous round's scores, marked maxTimeLimit."""
+    import critneuron.solve as solve_mod
+
+    net = tiny_fc()
+    torch.manual_seed(1)
+    x, y = 4 * torch.rand(3, 2), torch.tensor([0, 1, 1])
+    one_round = score(net, x, y, ScoreConfig(max_rounds=1))
+    real, calls = solve_mod._solve_once, []
+
+    def second_times_out(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            return real(*args, **kwargs)
+        return {"status": "maxTimeLimit", "feasible": False, "objective": None, "bound": None}
+
+    monkeypatch.setattr(solve_mod, "_solve_once", second_times_out)
+    cut = score(net, x, y, ScoreConfig())
+    report = cut.provenance["solver"]
+    assert len(calls) == 2 and report["status"] == "maxTimeLimit" and report["rounds"] == 1
+    assert report["objective"] == pytest.approx(one_round.provenance["solver"]["objective"])
+    for name, values in one_round.layers.items():
+        assert np.allclose(cut.layers[name], values)
+
+
 def test_relaxed_objective_at_most_exact_and_kelley_tolerance():
     net = tiny_fc()
     torch.manual_seed(0)
