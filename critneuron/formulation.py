@@ -4,8 +4,8 @@ What the net is lives in `spec`, its bounds in `bounds`; this module only encode
 activations are carried as affine expressions ``A·src + c + G·s`` (src: the sample's variables
 so far, s: all scores). A stable unit gets no variable: its output z = ã (or 0) is substituted,
 which is exact; so only unstable units get variables (z and v), plus whole layers whose
-expressions have grown dense (to keep rows sparse; a dense pre-activation with unstable units
-too, since their two big-M rows would each repeat it) and the logits. Units that share a
+expressions have grown dense (to keep rows sparse; and a dense pre-activation of an unstable
+unit, which its two big-M rows would each repeat) and the logits. Units that share a
 variable (repeated values) share one column. The first layer's input is
 the data, so e.g. LeNet-5's conv activations are affine in a handful of scores and the LP has
 hundreds of columns instead of tens of thousands. The solver never appears here.
@@ -267,10 +267,9 @@ class _Builder:
             off, on, unstable = np.zeros_like(off), np.zeros_like(on), np.ones_like(unstable)
         # Dense (or unpresolved) layers get a variable per live unit; sparse ones only per unstable unit.
         materialise = self.dense() or not self.cfg.presolve
-        if self.cfg.presolve and self.dense() and unstable.any():
-            # An unstable unit's pre-activation appears in two rows: as a variable, a dense row
-            # is written once (deep VGG heads: half the nonzeros of the LP).
-            self.materialise(idx - 1, self.spec.layers[idx - 1].name)
+        # An unstable unit's pre-activation appears in two big-M rows; when it is dense, it gets a
+        # variable a = ã defined once (deep VGG heads: half the nonzeros of the LP).
+        pre_var = self.cfg.presolve and self.dense()
         has_var = ~off if materialise else unstable
         n = lower.shape[1]
         blk = pe.Block()
@@ -280,13 +279,17 @@ class _Builder:
         v_domain = pe.Binary if self.cfg.mode == "exact" else pe.UnitInterval
         blk.v = pe.Var([(b, j) for b in range(self.batch) for j in np.flatnonzero(unstable[b])],
                        domain=v_domain)
+        blk.a = pe.Var([(b, j) for b in range(self.batch) for j in np.flatnonzero(unstable[b])] if pre_var else [])
         blk.rows = pe.ConstraintList()
         zs = [np.array([blk.z[b, j] if has_var[b, j] else None for j in range(n)], dtype=object)
               for b in range(self.batch)]
         for b in range(self.batch):
-            self._relu_rows(blk, b, zs[b], lower[b], upper[b], off[b], on[b] & has_var[b], on[b] & ~has_var[b],
-                            unstable[b])
+            pres = np.array([blk.a[b, j] if pre_var and unstable[b, j] else None for j in range(n)], dtype=object)
+            self._relu_rows(blk, b, zs[b], pres if pre_var else None, lower[b], upper[b], off[b],
+                            on[b] & has_var[b], on[b] & ~has_var[b], unstable[b])
             self._relu_warm(blk, b, zs[b], unstable[b], self.values[idx - 1][b])
+            if pre_var:
+                self.warm.extend((pres[j], float(self.values[idx - 1][b][j])) for j in np.flatnonzero(unstable[b]))
         self.counts[layer.name] = {"units": int(off.size), "off": int(off.sum()), "on": int(on.sum()),
                                    "unstable": int(unstable.sum())}
         if materialise:
@@ -307,7 +310,9 @@ class _Builder:
             st.g[b] = (_select(on[b]) @ st.g[b]).tocsr()
         st.c = np.where(on, st.c, 0.0)
 
-    def _relu_rows(self, blk, b, zs, lo, up, off, on_var, on_expr, unstable) -> None:
+    def _relu_rows(self, blk, b, zs, pres, lo, up, off, on_var, on_expr, unstable) -> None:
+        """Rows of sample b's ReLU units; `pres` (or None): the unstable units' pre-activation
+        variables, defined here and used in their big-M rows instead of the expression."""
         st, n = self.state, len(zs)
         pre = self._parts(b)
         neg_pre = [(-m, v) for m, v in pre]
@@ -325,6 +330,10 @@ class _Builder:
         if unstable.any():
             vs = np.array([blk.v[b, j] if unstable[j] else None for j in range(n)], dtype=object)
             sel = _select(unstable)
+            if pres is not None:  # a = ã, then the big-M rows in a
+                _add_rows(blk.rows, [(sel @ ident, pres)] + [(sel @ m, v) for m, v in neg_pre], 0.0, 0.0,
+                          np.where(unstable, -c, 0.0))
+                neg_pre, c = [(-ident, pres)], np.zeros(n)
             # z ≥ ã
             _add_rows(blk.rows, [(sel @ ident, zs)] + [(sel @ m, v) for m, v in neg_pre],
                       np.where(unstable, 0.0, None), None, np.where(unstable, -c, 0.0))
