@@ -126,7 +126,9 @@ def _finetune(model: nn.Sequential, masks: Masks, cfg: RunConfig, train, val) ->
 def evaluate_masks(model: nn.Sequential, scores: Scores, cfg: RunConfig, data: dict) -> dict[str, Any]:
     """Reference vs pruned (no fine-tuning), random and critical at the same per-layer counts,
     evaluated on CUDA when available (a copy of `model` goes there; `model` stays where it is)."""
-    model = copy.deepcopy(model).to(resolve_device())
+    device = resolve_device()
+    if next(model.parameters()).device != device:
+        model = copy.deepcopy(model).to(device)
     threshold = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
     masks = masks_from_scores(scores, threshold)
     row: dict[str, Any] = {"threshold": threshold}

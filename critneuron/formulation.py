@@ -284,12 +284,11 @@ class _Builder:
         zs = [np.array([blk.z[b, j] if has_var[b, j] else None for j in range(n)], dtype=object)
               for b in range(self.batch)]
         for b in range(self.batch):
-            pres = np.array([blk.a[b, j] if pre_var and unstable[b, j] else None for j in range(n)], dtype=object)
-            self._relu_rows(blk, b, zs[b], pres if pre_var else None, lower[b], upper[b], off[b],
-                            on[b] & has_var[b], on[b] & ~has_var[b], unstable[b])
-            self._relu_warm(blk, b, zs[b], unstable[b], self.values[idx - 1][b])
-            if pre_var:
-                self.warm.extend((pres[j], float(self.values[idx - 1][b][j])) for j in np.flatnonzero(unstable[b]))
+            pres = (np.array([blk.a[b, j] if unstable[b, j] else None for j in range(n)], dtype=object)
+                    if pre_var else None)
+            self._relu_rows(blk, b, zs[b], pres, lower[b], upper[b], off[b], on[b] & has_var[b], on[b] & ~has_var[b],
+                            unstable[b])
+            self._relu_warm(blk, b, zs[b], pres, unstable[b], self.values[idx - 1][b])
         self.counts[layer.name] = {"units": int(off.size), "off": int(off.sum()), "on": int(on.sum()),
                                    "unstable": int(unstable.sum())}
         if materialise:
@@ -345,12 +344,14 @@ class _Builder:
             _add_rows(blk.rows, [(sel @ ident, zs), (sel @ sp.diags(-np.maximum(up, 0.0), format="csr"), vs)],
                       None, np.where(unstable, 0.0, None), 0.0)
 
-    def _relu_warm(self, blk, b, zs, unstable, pre_values) -> None:
+    def _relu_warm(self, blk, b, zs, pres, unstable, pre_values) -> None:
         for j, z in enumerate(zs):
             if z is not None:
                 self.warm.append((z, max(float(pre_values[j]), 0.0)))
             if unstable[j]:
                 self.warm.append((blk.v[b, j], float(pre_values[j] > 0)))
+                if pres is not None:
+                    self.warm.append((pres[j], float(pre_values[j])))
 
 
 def build_formulation(spec: NetworkSpec, bounds: Bounds, x: np.ndarray, y: np.ndarray,
