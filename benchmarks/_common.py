@@ -10,17 +10,17 @@ import csv
 import json
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from critneuron.config import DataConfig, ModelConfig, paper_train_config, to_dict
-from critneuron.store import versions as package_versions
-from critneuron.data import TensorData, data_root, load_split
-from critneuron.models import build_model
-from critneuron.train import evaluate, load_checkpoint, save_checkpoint, train_model
+from critneuron.config import DataConfig, ModelConfig, RunConfig, paper_train_config, to_dict
+from critneuron.experiments.runs import train_config, train_inputs, trained_checkpoint
+from critneuron.experiments.store import Store
+from critneuron.experiments.store import versions as package_versions
+from critneuron.nets.data import TensorData, data_root, load_split
+from critneuron.nets.train import load_checkpoint
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results"
@@ -82,29 +82,20 @@ def load_mnist(subset: int | None = None) -> tuple[DataConfig, TensorData, Tenso
 
 def trained_model(name: str, epochs: int, cache: Path, subset: int | None = None, seed: int = 0,
                   data: tuple | None = None) -> tuple[torch.nn.Sequential, dict[str, Any]]:
-    """A model trained on MNIST with the paper's optimiser for `epochs`, from `cache` if it is there.
+    """A model trained on MNIST with the paper's optimiser for `epochs`, through the package's one
+    train-and-cache path (`experiments.runs.trained_checkpoint`) with `cache` as its result store.
 
-    Returns (model on the CPU in eval mode, info with test accuracy, train seconds, checkpoint path,
-    whether it was reused). `data` is the tuple `load_mnist` returns, to avoid reloading.
+    Returns (model on the CPU in eval mode, its stored metrics plus the checkpoint path and whether
+    it was reused). `data` (what `load_mnist` returns) only names the data config.
     """
-    data_cfg, train, val, test = data or load_mnist(subset)
-    train_cfg = paper_train_config("mnist", epochs=epochs, seed=seed)
-    model_cfg = ModelConfig(name=name)
-    tag = f"{name}-mnist-e{epochs}-s{seed}" + (f"-n{subset}" if subset else "")
-    path = Path(cache) / f"{tag}.pt"
-    if path.is_file():
-        model, meta = load_checkpoint(path)
-        if (meta["train_config"], meta["model_config"], meta["data_config"]) == (train_cfg, model_cfg, data_cfg):
-            return model.eval(), {**meta["metrics"], "checkpoint": str(path), "reused": True}
-        print(f"  {path.name}: configs differ, retraining")
-    start = time.perf_counter()
-    result = train_model(build_model(name, seed=seed), train, val, train_cfg, device="cpu", progress=False)
-    seconds = time.perf_counter() - start
-    model = result.model.cpu().eval()
-    acc, loss = evaluate(model, test)
-    metrics = {"test_accuracy": acc, "test_loss": loss, "train_seconds": seconds, "best_epoch": result.best_epoch}
-    save_checkpoint(path, model, model_cfg, data_cfg, train_cfg, result.init_state, metrics)
-    return model, {**metrics, "checkpoint": str(path), "reused": False}
+    data_cfg = (data or (DataConfig(dataset="mnist", subset=subset),))[0]
+    cfg = RunConfig(data=data_cfg, model=ModelConfig(name=name),
+                    train=paper_train_config(name, "mnist", epochs=epochs, seed=seed))
+    store = Store(cache)
+    reused = store.is_complete("train", store.key("train", train_config(cfg), **train_inputs(cfg)))
+    path, metrics = trained_checkpoint(cfg, store)
+    model, _meta = load_checkpoint(path)
+    return model.cpu().eval(), {**metrics, "checkpoint": str(path), "reused": reused}
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:

@@ -40,12 +40,14 @@ from torch import nn
 
 from _common import add_common_args, environment, format_table, load_mnist, print_environment, \
     trained_model, write_results
-from critneuron.compact import compact_model, save_compact
-from critneuron.config import CritneuronError, ScoreConfig, paper_threshold
-from critneuron.data import mip_batch
-from critneuron.prune import apply_masks, count_params_flops, masks_from_scores, pruning_stats
-from critneuron.scores import score
-from critneuron.train import evaluate
+from critneuron.pruning.compact import compact_model, save_compact
+from critneuron.catalog import paper_threshold
+from critneuron.config import ScoreConfig
+from critneuron.errors import CritneuronError
+from critneuron.nets.data import mip_batch
+from critneuron.pruning.masks import apply_masks, count_params_flops, masks_from_scores, pruning_stats
+from critneuron.mip.scores import score
+from critneuron.nets.train import evaluate
 
 NETS = ("dense", "masked", "compact")
 

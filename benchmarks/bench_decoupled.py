@@ -1,7 +1,7 @@
 """Per-layer cost of decoupled scoring: greedy training per epoch, then every block's sub-MIP
 (size, unstable units, status, Kelley rounds, build and solve time), solved in parallel.
 
-The network (with its heads) is trained greedily with `decoupled.decoupled_train_config`
+The network (with its heads) is trained greedily with `config.paper_train_config`
 through `experiment.decoupled_network`, whose result store is --cache (trained once per config;
 CUDA when available). Each block's batch is one the block's own head classifies correctly
 (--any-images: any images of each class, for networks trained too briefly for that). A block
@@ -24,11 +24,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, environment, print_environment  # noqa: E402
 
-from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, SolveError  # noqa: E402
-from critneuron.data import load_split  # noqa: E402
-from critneuron.decoupled import block_batches, block_problems, decoupled_train_config, solve_blocks  # noqa: E402
-from critneuron.experiment import decoupled_network  # noqa: E402
-from critneuron.store import Store  # noqa: E402
+from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, paper_train_config  # noqa: E402
+from critneuron.errors import SolveError  # noqa: E402
+from critneuron.experiments.decoupled import decoupled_network  # noqa: E402
+from critneuron.experiments.store import Store  # noqa: E402
+from critneuron.mip.blocks import block_batches, block_problems, solve_blocks  # noqa: E402
+from critneuron.nets.data import load_split  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     print_environment(env)
     data = DataConfig(dataset=args.dataset, subset=args.subset)
     run = RunConfig(data=data, model=ModelConfig(name=args.model, width=args.width),
-                    train=decoupled_train_config(args.model, args.dataset, args.epochs, args.seed))
+                    train=paper_train_config(args.model, args.dataset, args.epochs, args.seed))
     net, figures = decoupled_network(run, Store(args.cache), "decoupled", progress=True)  # trained once per config
     figures = {k: figures[k] for k in ("train_seconds", "head_test_accuracy", "history")}
     figures["seconds_per_epoch"] = figures["train_seconds"] / max(args.epochs, 1)

@@ -12,7 +12,7 @@ mode, one balanced batch B = 10 is scored twice in the same run:
          itself. Same loss (CE by Kelley cuts), same tolerances.
 
 Timings (seconds): bounds (interval bounds), build (Pyomo model), solve (the whole Kelley loop as
-`critneuron.solve` measures it), total = bounds + build + solve. The solve is split further by
+`critneuron.mip.solve` measures it), total = bounds + build + solve. The solve is split further by
 wrapping the appsi HiGHS interface's `solve` with a Pyomo `HierarchicalTimer` (the hook appsi
 provides): `translate` = appsi `set_instance` (first hand-over of the Pyomo model to highspy) +
 `update` (passing each round's new cuts to HiGHS), `highs` = `Highs.run()` itself, i.e. HiGHS's own time
@@ -43,9 +43,10 @@ from torch import nn
 
 from _common import add_common_args, environment, format_table, load_mnist, print_environment, \
     trained_model, write_results
-from critneuron.config import CritneuronError, ScoreConfig, SolveError
-from critneuron.data import mip_batch
-from critneuron.scores import score
+from critneuron.config import ScoreConfig
+from critneuron.errors import CritneuronError, SolveError
+from critneuron.nets.data import mip_batch
+from critneuron.mip.scores import score
 
 VARIANTS = {
     "ours": {},  # presolve=True, warm_start=True (the defaults)
@@ -73,7 +74,7 @@ def highs_timer() -> Iterator[dict[str, Any]]:
     Yields a dict that holds, after the block, `translate` (set_instance + update), `highs`
     (Highs.run), `load` (appsi's solution fetch), `highs_reported` (HiGHS's own run clock,
     `getRunTime()`, after the last solve; it accumulates over the runs of one Highs object, and
-    `critneuron.solve` makes one per score() call) and `calls`.
+    `critneuron.mip.solve` makes one per score() call) and `calls`.
     """
     from pyomo.contrib.appsi.solvers.highs import Highs
 

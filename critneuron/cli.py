@@ -4,8 +4,6 @@ Each subcommand is one `_add_<name>(subparsers)` + `_run_<name>(args) -> int` pa
 `SUBCOMMANDS`. Options that set a config field come from the dataclass fields and their
 `metadata["help"]` (`add_config_args` / `config_from_args`). Named errors (`CritneuronError`)
 print as one line `error: ...` and exit with status 2.
-
-May import: everything.
 """
 
 from __future__ import annotations
@@ -15,36 +13,48 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 import typing
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
 
 import torch
 import torchvision
 
-from critneuron.book import build_book
+from critneuron.catalog import dataset_names, model_names
 from critneuron.config import (
-    DATASETS, MODELS, CritneuronError, DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig,
-    TrainConfig, config_hash, from_dict, paper_train_config, to_dict,
+    DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, TrainConfig, choices, config_hash, from_dict,
+    paper_train_config, to_dict,
 )
-from critneuron.data import AUGMENTED_DATASETS, SPLITS, data_root, dataset_source, load_split
-from critneuron.experiment import evaluate_masks, score_columns, score_inputs, table_row, weights_hash
-from critneuron.models import build_model
-from critneuron.prune import Masks, apply_masks
-from critneuron.scores import Scores, score
-from critneuron.store import Store
-from critneuron.sweep import add_arguments as add_sweep_arguments
-from critneuron.sweep import run_from_args as run_sweep_from_args
-from critneuron.train import evaluate, load_checkpoint, resolve_device, save_checkpoint, train_model
+from critneuron.errors import CritneuronError
+from critneuron.experiments.rows import table_row
+from critneuron.experiments.runs import score_inputs, trained_checkpoint, weights_hash
+from critneuron.experiments.store import Store
+from critneuron.experiments.whole import evaluate_masks, score_columns
+from critneuron.machinery.book import build_book
+from critneuron.machinery.sweep import add_arguments as add_sweep_arguments
+from critneuron.machinery.sweep import run_from_args as run_sweep_from_args
+from critneuron.mip.scores import Scores, score
+from critneuron.nets.data import SPLITS, data_root, dataset_source, load_split
+from critneuron.nets.train import load_checkpoint, resolve_device, save_checkpoint
+from critneuron.pruning.masks import Masks, apply_masks
 
 T = TypeVar("T")
-CHOICES: dict[str, Sequence[str]] = {"dataset": DATASETS, "name": MODELS, "optimizer": ("rmsprop", "sgd"),
-                                     "mode": ("exact", "relaxed"), "loss": ("ce", "margin"),
-                                     "bias": ("keep-bias", "remove")}
+_CATALOG_CHOICES: dict[tuple[type, str], Callable[[], tuple[str, ...]]] = {
+    (DataConfig, "dataset"): dataset_names, (ModelConfig, "name"): model_names}
+
+
+def field_choices(cls: type, name: str) -> tuple | None:
+    """The allowed values of a config field: catalog names, a `Literal`'s values, or None (any)."""
+    if (cls, name) in _CATALOG_CHOICES:
+        return _CATALOG_CHOICES[cls, name]()
+    if typing.get_origin(typing.get_type_hints(cls)[name]) is Literal:
+        return choices(cls, name)
+    return None
 
 
 def _dest(cls: type, name: str) -> str:
@@ -53,6 +63,8 @@ def _dest(cls: type, name: str) -> str:
 
 def _value_type(hint: Any) -> Callable[[str], Any]:
     """The argparse `type` of a field annotation (Optional[X] -> X; other unions: a number or text)."""
+    if typing.get_origin(hint) is Literal:
+        return type(typing.get_args(hint)[0])
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if not args:
         return hint
@@ -88,9 +100,9 @@ def add_config_args(
         if hints[f.name] is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
-            metavar = None if f.name in CHOICES else flag[2:].upper().replace("-", "_")
-            kind = _value_type(hints[f.name])
-            group.add_argument(flag, type=kind, choices=CHOICES.get(f.name), metavar=metavar, **kwargs)
+            allowed = field_choices(cls, f.name)
+            metavar = None if allowed else flag[2:].upper().replace("-", "_")
+            group.add_argument(flag, type=_value_type(hints[f.name]), choices=allowed, metavar=metavar, **kwargs)
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:
@@ -104,10 +116,7 @@ def config_from_args(cls: type[T], args: argparse.Namespace, base: T | None = No
 
 
 def _paper_default(f: dataclasses.Field) -> str:
-    mnist, cifar = (getattr(paper_train_config(d), f.name) for d in ("mnist", "cifar10"))
-    if mnist == cifar:
-        return f"default: {mnist}"
-    return f"default: the paper's value for --dataset, {mnist} for MNIST-like, {cifar} for cifar10"
+    return "default: the paper's schedule for --model on --dataset (catalog)"
 
 
 def _add_train(subparsers: argparse._SubParsersAction) -> None:
@@ -122,6 +131,8 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, help="output folder (default: runs/train/<model>-<dataset>-<config hash>)"
     )
+    parser.add_argument("--results", help="result store that caches the trained network "
+                        "(default: $CRITNEURON_RESULTS, else results/); a stored one is reused")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when available)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar (default: on)")
@@ -157,26 +168,18 @@ def _run_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     model_cfg = config_from_args(ModelConfig, args)
     data_cfg = config_from_args(DataConfig, args)
-    train_cfg = config_from_args(TrainConfig, args, base=paper_train_config(data_cfg.dataset))
+    train_cfg = config_from_args(TrainConfig, args, base=paper_train_config(model_cfg.name, data_cfg.dataset))
     configs = {"model": model_cfg, "data": data_cfg, "train": train_cfg}
-    name = f"{model_cfg.name}-{data_cfg.dataset}-{config_hash(_plain(configs))}"
-    out, device = args.out or Path("runs", "train", name), resolve_device(args.device)
-    train, val, test = (load_split(data_cfg, split) for split in SPLITS)
-    model = build_model(model_cfg.name, model_cfg.width, seed=train_cfg.seed)
-    augment = data_cfg.dataset in AUGMENTED_DATASETS
-    result = train_model(model, train, val, train_cfg, augment, device, args.progress)
-    test_accuracy, test_loss = evaluate(result.model, test)
-    metrics = {
-        "test_accuracy": test_accuracy, "test_loss": test_loss, "best_epoch": result.best_epoch,
-        "history": result.history, "augment": augment, "device": str(device),
-        "data_source": dataset_source(data_cfg), "data_root": str(data_root(data_cfg.root)),
-        "sizes": {"train": len(train), "val": len(val), "test": len(test)},
-        "train_seconds": result.train_seconds, "wall_seconds": time.perf_counter() - start,
-        **_provenance(configs, train_cfg.seed),
-    }
-    save_checkpoint(out / "checkpoint.pt", result.model, *configs.values(), result.init_state, metrics)
+    out = args.out or Path("runs", "train", f"{model_cfg.name}-{data_cfg.dataset}-{config_hash(_plain(configs))}")
+    run = RunConfig(data=data_cfg, model=model_cfg, train=train_cfg)
+    stored, metrics = trained_checkpoint(run, Store(args.results), args.progress, args.device)
+    metrics = {**metrics, "device": str(resolve_device(args.device)), "data_root": str(data_root(data_cfg.root)),
+               "checkpoint_stored": str(stored), "wall_seconds": time.perf_counter() - start,
+               **_provenance(configs, train_cfg.seed)}
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(stored, out / "checkpoint.pt")
     _write_json(out / "metrics.json", metrics)
-    print(f"test accuracy {test_accuracy:.4f}  test loss {test_loss:.4f}  "
+    print(f"test accuracy {metrics['test_accuracy']:.4f}  test loss {metrics['test_loss']:.4f}  "
           f"wall time {metrics['wall_seconds']:.1f} s  ({out})")
     return 0
 

@@ -1,6 +1,7 @@
-"""Frozen configuration dataclasses, canonical hashing and the project's named errors.
+"""Frozen configuration dataclasses and canonical hashing.
 
-Imports nothing from critneuron: every other module may import this one.
+Closed sets of choices are `Literal` types (`choices` reads them, for validation and the CLI);
+dataset and model names are checked against the catalog.
 """
 
 from __future__ import annotations
@@ -10,32 +11,25 @@ import hashlib
 import json
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Mapping, TypeVar, Union
+from typing import Any, Literal, Mapping, TypeVar, Union
+
+from critneuron.catalog import dataset_record, model_record, paper_schedule, paper_threshold
+from critneuron.catalog.records import Optimizer
+from critneuron.errors import ConfigError
 
 SCHEMA_VERSION = 1
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "kmnist")
-MODELS = ("fc3", "fc4", "lenet5", "vgg16")
+Mode = Literal["exact", "relaxed"]
+Loss = Literal["ce", "margin"]
+FirstLP = Literal["simplex", "ipm"]
+Bias = Literal["keep-bias", "remove"]
 
 
-class CritneuronError(Exception):
-    """Base class of every error this package raises on purpose."""
-
-
-class ConfigError(CritneuronError, ValueError):
-    """A configuration value or file is malformed."""
-
-
-class DatasetMissingError(CritneuronError, FileNotFoundError):
-    """A dataset is not in the data root and could not be downloaded."""
-
-
-class UnsupportedLayerError(CritneuronError, TypeError):
-    """A torch module has no MIP encoding."""
-
-
-class SolveError(CritneuronError, RuntimeError):
-    """The solver ended without any usable solution (infeasible, or timed out with no incumbent)."""
+def choices(cls: type, name: str) -> tuple:
+    """The allowed values of a config field typed with a `Literal` (for validation and the CLI)."""
+    hint = typing.get_type_hints(cls)[name]
+    literal = next(a for a in (hint, *typing.get_args(hint)) if typing.get_origin(a) is Literal)
+    return typing.get_args(literal)
 
 
 def _check_choice(name: str, value: Any, choices: tuple) -> None:
@@ -54,7 +48,7 @@ def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
 class DataConfig:
     """Which dataset, where it lives, and how the official train set is split."""
 
-    dataset: str = field(default="mnist", metadata={"help": f"dataset: {', '.join(DATASETS)}"})
+    dataset: str = field(default="mnist", metadata={"help": "dataset, a name in the catalog"})
     root: str | None = field(
         default=None, metadata={"help": "data root (default: $CRITNEURON_DATA, else ./data)"}
     )
@@ -68,7 +62,7 @@ class DataConfig:
     split_seed: int = field(default=0, metadata={"help": "seed of the train/validation split"})
 
     def __post_init__(self) -> None:
-        _check_choice("dataset", self.dataset, DATASETS)
+        dataset_record(self.dataset)
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         for name in ("subset", "test_subset"):
@@ -81,11 +75,11 @@ class DataConfig:
 class ModelConfig:
     """Architecture name and width multiplier (width < 1 divides every channel/neuron count)."""
 
-    name: str = field(default="lenet5", metadata={"help": f"architecture: {', '.join(MODELS)}"})
+    name: str = field(default="lenet5", metadata={"help": "architecture, a name in the catalog"})
     width: float = field(default=1.0, metadata={"help": "width multiplier (vgg16 only), e.g. 0.25"})
 
     def __post_init__(self) -> None:
-        _check_choice("model", self.name, MODELS)
+        model_record(self.name)
         _check_positive("width", self.width)
 
 
@@ -95,26 +89,24 @@ class TrainConfig:
 
     epochs: int = field(default=30, metadata={"help": "training epochs"})
     batch_size: int = field(default=128, metadata={"help": "minibatch size"})
-    optimizer: str = field(default="rmsprop", metadata={"help": "rmsprop or sgd"})
+    optimizer: Optimizer = field(default="rmsprop", metadata={"help": "rmsprop or sgd"})
     lr: float = field(default=1e-3, metadata={"help": "learning rate"})
     momentum: float = field(default=0.9, metadata={"help": "SGD momentum (Nesterov)"})
     weight_decay: float = field(default=0.0, metadata={"help": "L2 weight decay"})
     seed: int = field(default=0, metadata={"help": "seed of initialisation, shuffling and augmentation"})
 
     def __post_init__(self) -> None:
-        _check_choice("optimizer", self.optimizer, ("rmsprop", "sgd"))
+        _check_choice("optimizer", self.optimizer, choices(TrainConfig, "optimizer"))
         _check_positive("epochs", self.epochs, allow_zero=True)
         _check_positive("batch_size", self.batch_size)
         _check_positive("lr", self.lr)
         _check_positive("weight_decay", self.weight_decay, allow_zero=True)
 
 
-def paper_train_config(dataset: str, epochs: int | None = None, seed: int = 0) -> TrainConfig:
-    """The authors' optimiser and schedule for a dataset (CIFAR-10: SGD; otherwise RMSprop)."""
-    if dataset == "cifar10":
-        cfg = TrainConfig(epochs=256, optimizer="sgd", lr=1e-2, weight_decay=5e-4, seed=seed)
-    else:
-        cfg = TrainConfig(epochs=30, optimizer="rmsprop", lr=1e-3, seed=seed)
+def paper_train_config(model: str, dataset: str, epochs: int | None = None, seed: int = 0) -> TrainConfig:
+    """The authors' optimiser and schedule for `model` on `dataset` (`catalog.paper_schedule`);
+    `epochs` overrides the schedule's."""
+    cfg = TrainConfig(**dataclasses.asdict(paper_schedule(model, dataset)), seed=seed)
     return cfg if epochs is None else dataclasses.replace(cfg, epochs=epochs)
 
 
@@ -123,10 +115,10 @@ class ScoreConfig:
     """Settings of the MIP that scores neurons."""
 
     lambda_: float = field(default=5.0, metadata={"help": "weight of the loss term (paper: 5)"})
-    mode: str = field(default="relaxed", metadata={"help": "exact (binary ReLU indicators) or relaxed ([0,1])"})
+    mode: Mode = field(default="relaxed", metadata={"help": "exact (binary ReLU indicators) or relaxed ([0,1])"})
     epsilon: float = field(default=1e-5, metadata={"help": "half-width of the input box for bounds"})
     batch_size: int = field(default=10, metadata={"help": "images in the MIP batch (one per class)"})
-    loss: str = field(default="ce", metadata={"help": "ce (exact softmax CE by Kelley cuts) or margin (LP-only)"})
+    loss: Loss = field(default="ce", metadata={"help": "ce (exact softmax CE by Kelley cuts) or margin (LP-only)"})
     time_limit: float = field(default=600.0, metadata={"help": "solver time limit per solve, seconds"})
     mip_gap: float = field(default=1e-4, metadata={"help": "relative MIP gap"})
     threads: int = field(default=1, metadata={"help": "solver threads"})
@@ -139,14 +131,13 @@ class ScoreConfig:
     lp_cuts_first: bool = field(default=True, metadata={
         "help": "exact mode: converge the Kelley cuts on the LP relaxation before the MIP rounds"})
     selfcheck_tol: float = field(default=1e-4, metadata={"help": "max |MIP logits - torch logits| in exact mode"})
-    first_lp: str = field(default="simplex", metadata={
+    first_lp: FirstLP = field(default="simplex", metadata={
         "help": "HiGHS algorithm of each phase's first LP solve: simplex, or ipm (interior point + crossover; "
                 "faster on large LPs such as deep VGG blocks); later Kelley rounds hot-start with simplex"})
 
     def __post_init__(self) -> None:
-        _check_choice("mode", self.mode, ("exact", "relaxed"))
-        _check_choice("first_lp", self.first_lp, ("simplex", "ipm"))
-        _check_choice("loss", self.loss, ("ce", "margin"))
+        for name in ("mode", "first_lp", "loss"):
+            _check_choice(name, getattr(self, name), choices(ScoreConfig, name))
         _check_positive("lambda", self.lambda_, allow_zero=True)
         _check_positive("epsilon", self.epsilon, allow_zero=True)
         _check_positive("batch_size", self.batch_size)
@@ -156,13 +147,6 @@ class ScoreConfig:
         _check_positive("max_rounds", self.max_rounds)
 
 
-def paper_threshold(model: str, dataset: str) -> float:
-    """The authors' pruning threshold tau for a model and dataset."""
-    if dataset == "cifar10":
-        return 0.3
-    return 0.2 if model in ("lenet5", "vgg16") else 0.1
-
-
 @dataclass(frozen=True)
 class PruneConfig:
     """How scores become masks and how masks are applied."""
@@ -170,11 +154,11 @@ class PruneConfig:
     threshold: Union[float, str, None] = field(
         default=None, metadata={"help": "tau, 'mean' (per-layer mean score), or None for the paper's tau"}
     )
-    bias: str = field(default="keep-bias", metadata={"help": "keep-bias (paper) or remove"})
+    bias: Bias = field(default="keep-bias", metadata={"help": "keep-bias (paper) or remove"})
     finetune_epochs: int = field(default=0, metadata={"help": "fine-tune the pruned net this many epochs (paper: 1)"})
 
     def __post_init__(self) -> None:
-        _check_choice("bias", self.bias, ("keep-bias", "remove"))
+        _check_choice("bias", self.bias, choices(PruneConfig, "bias"))
         _check_positive("finetune_epochs", self.finetune_epochs, allow_zero=True)
         if isinstance(self.threshold, str):
             _check_choice("threshold", self.threshold, ("mean",))

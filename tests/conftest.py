@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from critneuron.config import DataConfig, paper_train_config
-from critneuron.data import load_split
-from critneuron.models import build_model
-from critneuron.train import TrainResult, train_model
+from critneuron.nets.data import load_split
+from critneuron.nets.models import build_model
+from critneuron.nets.train import TrainResult, train_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -45,7 +45,7 @@ def lenet5_mnist(mnist_subset: dict) -> TrainResult:
     Batch 16, not the paper's 128: at 128 one epoch is only 13 steps and reaches ~50% test
     accuracy; at 16 it reaches ~87% (seeds 0-3: 86-88%).
     """
-    cfg = dataclasses.replace(paper_train_config("mnist", epochs=1, seed=0), batch_size=16)
+    cfg = dataclasses.replace(paper_train_config("lenet5", "mnist", epochs=1, seed=0), batch_size=16)
     model = build_model("lenet5", seed=0)
     return train_model(model, mnist_subset["train"], mnist_subset["val"], cfg, progress=False)
 

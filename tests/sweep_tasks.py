@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from critneuron.store import RunOutput
+from critneuron.experiments.store import RunOutput
 
 
 def square(config: dict) -> dict:

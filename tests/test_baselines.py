@@ -1,4 +1,4 @@
-"""Tests of critneuron.baselines: every scorer's values, determinism, and masks at fixed counts."""
+"""Tests of critneuron.pruning.baselines: every scorer's values, determinism, and masks at fixed counts."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from critneuron.baselines import (
+from critneuron.pruning.baselines import (
     BASELINES,
     activation_scores,
     baseline_masks,
@@ -24,12 +24,12 @@ from critneuron.baselines import (
     snip_batch,
     snip_scores,
 )
-from critneuron.config import ConfigError, UnsupportedLayerError
-from critneuron.data import TensorData
-from critneuron.models import build_model
-from critneuron.prune import Masks, masks_from_scores, unit_count
-from critneuron.scores import Scores
-from critneuron.spec import scored_layer_names
+from critneuron.errors import ConfigError, UnsupportedLayerError
+from critneuron.nets.data import TensorData
+from critneuron.nets.models import build_model
+from critneuron.pruning.masks import Masks, masks_from_scores, unit_count
+from critneuron.mip.scores import Scores
+from critneuron.nets.models import scored_layer_names
 
 SCORERS = ["random", "magnitude-l1", "magnitude-l2", "snip", "activation"]
 

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from critneuron import book
-from critneuron.config import ConfigError
+from critneuron.machinery import book
+from critneuron.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -38,7 +38,7 @@ def toy_notebooks(tmp_path: Path) -> Path:
     write_notebook(folder / "02_broken.ipynb", "x = 0\ny = 0", "y = x + 1", "raise ValueError('boom')",
                    "z = 1")
     write_notebook(folder / "03_after.ipynb", "x = 0", "print(x)")
-    (folder / "profiles" / "toy.yaml").write_text("timeout: 120\ncommon: {x: 1}\n")
+    (folder / "profiles" / "toy.yaml").write_text("timeout: 120\ncommon: {x: 1}\n02_broken: {y: 0}\n")
     return folder
 
 
@@ -51,6 +51,7 @@ def digest(folder: Path) -> dict[str, str]:
 def test_smoke_book_builds_every_chapter_with_tables_and_figure(tmp_path: Path) -> None:
     book_dir = tmp_path / "book"
     shutil.copytree(REPO / "book", book_dir, ignore=shutil.ignore_patterns("_build"))
+    shutil.copytree(REPO / "docs", tmp_path / "docs")  # book/code.md includes docs/ARCHITECTURE.md
     before = digest(NOTEBOOKS)
     index = book.build_book("smoke", notebooks_dir=NOTEBOOKS, book_dir=book_dir)
     assert index == book_dir / "_build" / "html" / "index.html" and index.is_file()
@@ -101,7 +102,9 @@ def test_profile_parameters_merge_common_and_notebook_keys(toy_notebooks: Path) 
 
 @pytest.mark.parametrize("text, message", [
     ("common: {}\n07_missing: {x: 1}\n", r"unknown notebook key\(s\) \['07_missing'\]"),
-    ("common: {epoch: 1}\n", r"notebook 01_fine has no parameter\(s\) \['epoch'\]"),
+    ("common: {x: 1, epoch: 1}\n02_broken: {y: 0}\n", r"'common' sets \['epoch'\], which no notebook declares"),
+    ("common: {x: 1}\n02_broken: {y: 0, epoch: 1}\n", r"notebook 02_broken has no parameter\(s\) \['epoch'\]"),
+    ("common: {x: 1}\n", r"notebook 02_broken declares parameter\(s\) \['y'\] that the profile does not set"),
     ("common: {output_dir: x}\n", r"'common' sets \['output_dir'\], which book.py injects"),
     ("01_fine: [1, 2]\n", r"'01_fine' must be a mapping"),
     ("timeout: -5\n", r"timeout must be a positive number or null, got -5"),

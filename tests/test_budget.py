@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from critneuron.budget import METHODS, budget_sweep
+from critneuron.experiments.budget import METHODS, budget_sweep
 from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, paper_train_config
-from critneuron.data import load_split
-from critneuron.experiment import evaluate_masks, mip_scores, trained_model
-from critneuron.prune import masks_from_scores, pruning_stats
-from critneuron.store import Store
+from critneuron.nets.data import load_split
+from critneuron.experiments.runs import mip_scores, trained_model
+from critneuron.experiments.whole import evaluate_masks
+from critneuron.pruning.masks import masks_from_scores, pruning_stats
+from critneuron.experiments.store import Store
 
 TAUS = [0.0, 0.1, 0.5, 0.9]
 
@@ -19,7 +20,7 @@ TAUS = [0.0, 0.1, 0.5, 0.9]
 @pytest.fixture(scope="module")
 def sweep(shared_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[RunConfig, Store, list[dict]]:
     data = DataConfig(root=str(shared_data_root), subset=2000, test_subset=500)
-    cfg = RunConfig(data=data, model=ModelConfig("fc3"), train=paper_train_config("mnist", epochs=1),
+    cfg = RunConfig(data=data, model=ModelConfig("fc3"), train=paper_train_config("fc3", "mnist", epochs=1),
                     score=ScoreConfig(time_limit=30))
     store = Store(tmp_path_factory.mktemp("budget"))
     return cfg, store, budget_sweep(cfg, store, TAUS, random_seeds=(0, 1))

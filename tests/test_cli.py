@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from critneuron import cli
-from critneuron.prune import Masks
-from critneuron.train import load_checkpoint
+from critneuron.pruning.masks import Masks
+from critneuron.nets.train import load_checkpoint
 
 
 @pytest.fixture(scope="module")

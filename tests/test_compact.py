@@ -1,4 +1,4 @@
-"""Tests of critneuron.compact: the compact network equals the masked one, and is as small as counted."""
+"""Tests of critneuron.pruning.compact: the compact network equals the masked one, and is as small as counted."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from critneuron.compact import BorderBiasConv2d, build_compact, compact_model, load_compact, save_compact
-from critneuron.config import ConfigError, UnsupportedLayerError
-from critneuron.models import build_model
-from critneuron.prune import (
+from critneuron.pruning.compact import BorderBiasConv2d, build_compact, compact_model, load_compact, save_compact
+from critneuron.errors import ConfigError, UnsupportedLayerError
+from critneuron.nets.models import build_model
+from critneuron.pruning.masks import (
     Masks,
     apply_masks,
     count_params_flops,
@@ -21,8 +21,8 @@ from critneuron.prune import (
     masks_from_scores,
     pruning_stats,
 )
-from critneuron.scores import Scores
-from critneuron.spec import scored_layer_names
+from critneuron.mip.scores import Scores
+from critneuron.nets.models import scored_layer_names
 
 MODELS = {"fc3": 1.0, "lenet5": 1.0, "vgg16": 1 / 16}
 

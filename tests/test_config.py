@@ -8,10 +8,8 @@ import sys
 
 import pytest
 
-from critneuron.config import (
-    ConfigError, DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, TrainConfig, config_hash,
-    from_dict, paper_train_config, to_dict,
-)
+from critneuron.config import DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, TrainConfig, config_hash, from_dict, paper_train_config, to_dict
+from critneuron.errors import ConfigError
 
 
 @pytest.mark.parametrize(
@@ -34,7 +32,7 @@ def test_bad_values_raise_named_errors(make, message: str) -> None:
 
 
 def test_from_dict_round_trip_and_unknown_keys() -> None:
-    run = RunConfig(data=DataConfig(dataset="cifar10", subset=100), train=paper_train_config("cifar10"))
+    run = RunConfig(data=DataConfig(dataset="cifar10", subset=100), train=paper_train_config("lenet5", "cifar10"))
     assert from_dict(RunConfig, to_dict(run)) == run
     with pytest.raises(ConfigError, match=r"unknown TrainConfig field\(s\) \['lrr'\]; known: \["):
         from_dict(TrainConfig, {"lr": 0.1, "lrr": 1})

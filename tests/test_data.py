@@ -15,9 +15,11 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms
 
-from critneuron.config import CritneuronError, DataConfig, DatasetMissingError
-from critneuron.data import (
-    CIFAR10_CLASSES, SOURCE_CIFAR10_JPEG, SOURCE_TORCHVISION, augment_batch, cache_dir, data_root,
+from critneuron.catalog import dataset_record
+from critneuron.config import DataConfig
+from critneuron.errors import CritneuronError, DatasetMissingError
+from critneuron.nets.data import (
+    SOURCE_JPEG_COPY, SOURCE_TORCHVISION, augment_batch, cache_dir, data_root,
     dataset_source, iterate_batches, load_split, mip_batch,
 )
 
@@ -91,7 +93,7 @@ def _write_jpeg_zip(root: Path, per_class: int) -> dict[str, bytes]:
     rng = np.random.default_rng(1)
     files = {}
     for split in ("train", "test"):
-        for name in CIFAR10_CLASSES:
+        for name in dataset_record("cifar10").class_names:
             for k in range(per_class):
                 buffer = io.BytesIO()
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buffer, "JPEG")
@@ -107,11 +109,12 @@ def test_cifar10_jpeg_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delenv("CRITNEURON_CACHE", raising=False)
     files = _write_jpeg_zip(tmp_path, per_class=2)
     cfg = DataConfig(dataset="cifar10", root=str(tmp_path), val_fraction=0.0)
-    assert dataset_source(cfg) == SOURCE_CIFAR10_JPEG
+    assert dataset_source(cfg) == SOURCE_JPEG_COPY
     test = load_split(cfg, "test")
-    assert test.source == SOURCE_CIFAR10_JPEG and len(test) == 20
+    assert test.source == SOURCE_JPEG_COPY and len(test) == 20
     assert test.labels.tolist() == [i // 2 for i in range(20)]  # ImageFolder order, airplane..truck
-    names = [f"test/{CIFAR10_CLASSES[i // 2]}/{i % 2:04d}.jpg" for i in range(20)]
+    classes = dataset_record("cifar10").class_names
+    names = [f"test/{classes[i // 2]}/{i % 2:04d}.jpg" for i in range(20)]
     expected = torch.stack([AUTHORS_TRANSFORM(Image.open(io.BytesIO(files[n]))) for n in names])
     assert torch.equal(test.x(), expected)
     assert len(load_split(cfg, "train")) == 20

@@ -11,16 +11,16 @@ import pytest
 import torch
 from torch import nn
 
-from critneuron import decoupled as dec
-from critneuron.bounds import interval_bounds
-from critneuron.config import (
-    DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, UnsupportedLayerError,
-)
-from critneuron.data import load_split
-from critneuron.experiment import decoupled_network, decoupled_run
-from critneuron.models import build_model
-from critneuron.spec import network_spec
-from critneuron.store import Store
+from critneuron.mip import blocks
+from critneuron.nets import heads as dec
+from critneuron.mip.bounds import interval_bounds
+from critneuron.config import DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, paper_train_config
+from critneuron.errors import UnsupportedLayerError
+from critneuron.nets.data import load_split
+from critneuron.experiments.decoupled import decoupled_network, decoupled_run
+from critneuron.nets.models import build_model
+from critneuron.mip.spec import network_spec
+from critneuron.experiments.store import Store
 
 
 def toy() -> nn.Sequential:
@@ -31,7 +31,7 @@ def toy() -> nn.Sequential:
                                      fc1=nn.Linear(12, 10))).eval()
 
 
-def toy_problems(mode_seed: int = 0) -> tuple[dec.Decoupled, list[dec.BlockProblem], np.ndarray]:
+def toy_problems(mode_seed: int = 0) -> tuple[dec.Decoupled, list[blocks.BlockProblem], np.ndarray]:
     net = dec.Decoupled.build(toy(), seed=0)
     gen = torch.Generator().manual_seed(mode_seed)
     for p in net.heads.parameters():  # untrained heads: random but not all-zero weights
@@ -42,15 +42,15 @@ def toy_problems(mode_seed: int = 0) -> tuple[dec.Decoupled, list[dec.BlockProbl
     x = torch.rand(3, 3, 32, 32, generator=gen)
     y = torch.tensor([0, 1, 2])
     batch = (x, y, torch.arange(3))
-    return net, dec.block_problems(net, [batch, batch], epsilon=1e-3), x.double().numpy()
+    return net, blocks.block_problems(net, [batch, batch], epsilon=1e-3), x.double().numpy()
 
 
 def test_split_blocks_of_the_paper_networks() -> None:
     assert dec.split_blocks(build_model("lenet5")) == [
         ["conv1", "relu1"], ["pool1", "conv2", "relu2", "pool2", "flatten", "fc1", "relu3", "fc2", "relu4", "fc3"]]
-    blocks = dec.split_blocks(build_model("vgg16", width=0.0625))
-    assert len(blocks) == 13 and blocks[0] == ["conv1", "bn1", "relu1"] and blocks[2] == ["pool1", "conv3", "bn3", "relu3"]
-    assert blocks[-1] == ["conv13", "bn13", "relu13", "pool5", "flatten", "fc1", "bn14", "relu14", "fc2"]
+    parts = dec.split_blocks(build_model("vgg16", width=0.0625))
+    assert len(parts) == 13 and parts[0] == ["conv1", "bn1", "relu1"] and parts[2] == ["pool1", "conv3", "bn3", "relu3"]
+    assert parts[-1] == ["conv13", "bn13", "relu13", "pool5", "flatten", "fc1", "bn14", "relu14", "fc2"]
     with pytest.raises(UnsupportedLayerError, match="has none"):
         dec.split_blocks(build_model("fc3"))
 
@@ -94,12 +94,12 @@ def test_block_inputs_and_boxes_come_from_the_whole_network() -> None:
 
 def test_sub_mip_self_check_passes_and_keeps_only_network_layers() -> None:
     _net, problems, _x = toy_problems()
-    result = dec.solve_block(problems[0], ScoreConfig(mode="exact", time_limit=60))
+    result = blocks.solve_block(problems[0], ScoreConfig(mode="exact", time_limit=60))
     prov = result.provenance
     assert list(result.layers) == ["conv1"] and prov["dropped_layers"] == ["head_conv", "head_fc1"]
     assert prov["solver"]["status"] == "optimal" and prov["selfcheck_passed"], prov["selfcheck_error"]
     assert prov["input_box"] == "epsilon"
-    tail = dec.solve_block(problems[1], ScoreConfig(mode="exact", time_limit=60))
+    tail = blocks.solve_block(problems[1], ScoreConfig(mode="exact", time_limit=60))
     assert tail.provenance["selfcheck_passed"] and tail.provenance["input_box"] == "given"
 
 
@@ -107,14 +107,14 @@ def test_parallel_solves_give_the_serial_scores() -> None:
     _net, problems, _x = toy_problems()
     cfg = ScoreConfig(time_limit=60)
     seen = []
-    serial = dec.solve_blocks(problems, cfg, workers=1, done=lambda p, s: seen.append(p.name))
-    parallel = dec.solve_blocks(problems, cfg, workers=2)
+    serial = blocks.solve_blocks(problems, cfg, workers=1, done=lambda p, s: seen.append(p.name))
+    parallel = blocks.solve_blocks(problems, cfg, workers=2)
     assert sorted(seen) == ["block1", "tail"]
     for a, b in zip(serial, parallel):
         assert list(a.layers) == list(b.layers)
         for name in a.layers:
             np.testing.assert_array_equal(a.layers[name], b.layers[name])
-    combined = dec.combine(serial, "decoupled")
+    combined = blocks.combine(serial, "decoupled")
     assert list(combined.layers) == ["conv1", "conv2"] and combined.provenance["training"] == "decoupled"
     assert [row["block"] for row in combined.provenance["blocks"]] == ["block1", "tail"]
 
@@ -125,18 +125,18 @@ def test_decoupled_training_trains_a_classifier_and_leaves_the_network_plain(sha
     model = build_model("lenet5", seed=0)
     net = dec.Decoupled.build(model, seed=0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = dec.train_decoupled(net, train, val, dec.decoupled_train_config("lenet5", "mnist", epochs=2),
+    result = dec.train_decoupled(net, train, val, paper_train_config("lenet5", "mnist", epochs=2),
                                  progress=False)
     assert set(model.state_dict()) == set(build_model("lenet5").state_dict())  # heads are not part of it
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items() if k.endswith("weight"))
     accuracies = dec.head_accuracies(net, test)
     assert len(accuracies) == 2 and accuracies[-1] > 0.6, accuracies  # the end-to-end network classifies
-    dec.block_batches(net, train, 10, seed=0, correct_only=False)
+    blocks.block_batches(net, train, 10, seed=0, correct_only=False)
     # evaluating containers over the shared modules leaves the network and heads in eval mode
     assert not any(m.training for m in [*model.modules(), *net.heads.modules()])
     assert len(result.history) == 2 and len(result.history[0]["sub_models"]) == 2
     frozen = {k: v.clone() for k, v in model.state_dict().items()}
-    dec.train_decoupled(net, train, val, dec.decoupled_train_config("lenet5", "mnist", epochs=1),
+    dec.train_decoupled(net, train, val, paper_train_config("lenet5", "mnist", epochs=1),
                         training="end-to-end", progress=False)
     assert all(torch.equal(frozen[k], v) for k, v in model.state_dict().items())  # heads only
 
@@ -144,7 +144,7 @@ def test_decoupled_training_trains_a_classifier_and_leaves_the_network_plain(sha
 def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_path) -> None:
     cfg = RunConfig(data=DataConfig(dataset="mnist", root=str(shared_data_root), subset=3000, test_subset=500),
                     model=ModelConfig(name="lenet5"),
-                    train=dataclasses.replace(dec.decoupled_train_config("lenet5", "mnist", epochs=2), batch_size=32),
+                    train=dataclasses.replace(paper_train_config("lenet5", "mnist", epochs=2), batch_size=32),
                     score=ScoreConfig(time_limit=60), prune=PruneConfig(threshold=0.2))
     store = Store(tmp_path / "results")
     row = decoupled_run(cfg, store)

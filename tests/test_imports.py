@@ -3,81 +3,110 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "critneuron"
-
-_BASE = {
-    "config": set(),
-    "data": {"config", "models"},
-    "models": {"config"},
-    "train": {"config", "data", "models"},
-    "spec": {"config"},
-    "bounds": {"config", "spec"},
-    "formulation": {"config", "spec", "bounds"},
-    "solve": {"config", "formulation"},
-    "scores": {"config", "spec", "bounds", "formulation", "solve"},
-    "prune": {"config", "models", "spec", "scores"},
-    "compact": {"config", "models", "prune"},
-    "baselines": {"config", "data", "models", "train", "spec", "scores", "prune"},
-    "decoupled": {"config", "data", "models", "train", "spec", "bounds", "scores"},
-    "store": {"config"},
-}
-_EVERYTHING_ABOVE = set(_BASE)
-ALLOWED: dict[str, set[str] | None] = {
-    **_BASE,
-    "experiment": _EVERYTHING_ABOVE,
-    "sweep": _EVERYTHING_ABOVE | {"experiment"},
-    "budget": {"config", "data", "train", "scores", "prune", "baselines", "store", "experiment"},
-    "transfer": {"config", "data", "models", "train", "scores", "prune", "baselines", "decoupled", "store",
-                 "experiment"},
-    "book": None,  # may import anything
-    "cli": None,  # may import anything
-}
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "critneuron"
+ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 
 
-def critneuron_imports(source: str, package: str = "critneuron") -> set[str]:
-    """Top-level critneuron modules imported by `source` (absolute and relative imports)."""
+def module_name(path: Path, package: Path = PACKAGE) -> str:
+    """Dotted name inside the package; a subpackage's `__init__` is the subpackage's name."""
+    parts = path.relative_to(package).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+
+
+def table(text: str) -> list[tuple[str, str]]:
+    """(module, may-import cell) of each row of the module table, in order."""
+    rows = re.findall(r"^\| `([\w.]+)` \|[^|]*\| ([^|]*) \|$", text, flags=re.M)
+    return [(module, allowed.strip()) for module, allowed in rows]
+
+
+def expand(cell: str, modules: list[str]) -> set[str] | None:
+    """The modules a may-import cell allows (None: anything); `pkg.*` is every module of `pkg`."""
+    if cell == "anything":
+        return None
+    if cell == "–":
+        return set()
+    allowed = set()
+    for entry in (e.strip() for e in cell.split(",")):
+        allowed |= {m for m in modules if m.startswith(entry[:-1])} if entry.endswith(".*") else {entry}
+    return allowed
+
+
+def critneuron_imports(source: str, here: str, modules: set[str]) -> set[str]:
+    """The critneuron modules (as in the table) that `source`, the module `here`, imports."""
     found = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
+            names = [a.name for a in node.names if a.name.startswith("critneuron.")]
         elif isinstance(node, ast.ImportFrom):
-            base = package if node.level else node.module or ""
-            if node.level and node.module:
-                base = f"{package}.{node.module}"
-            names = [base] if base != package else [f"{package}.{a.name}" for a in node.names]
+            if node.level:
+                base = ".".join(["critneuron", *here.split(".")][: -node.level] + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if not base.startswith("critneuron"):
+                continue
+            names = [f"{base}.{a.name}" for a in node.names]
         else:
             continue
-        found |= {n.split(".")[1] for n in names if n.startswith(f"{package}.")}
+        for name in names:
+            parts = name.split(".")[1:]
+            while parts and ".".join(parts) not in modules:
+                parts.pop()
+            if parts:
+                found.add(".".join(parts))
     return found
 
 
-def forbidden_edges(module: str, source: str) -> set[str]:
-    """Imports of `module` that the table does not allow (modules outside the table: none)."""
-    allowed = ALLOWED.get(module)
-    if allowed is None:
-        return set()
-    return critneuron_imports(source) - allowed - {module}
+def test_every_import_is_allowed_by_the_architecture_table() -> None:
+    rows = table(ARCHITECTURE.read_text())
+    listed = [m for m, _ in rows]
+    files = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(files)
+    assert set(listed) <= modules, f"table lists missing modules {sorted(set(listed) - modules)}"
+    bad = {}
+    for module, path in files.items():
+        imports = critneuron_imports(path.read_text(), module, modules) - {module}
+        if module not in listed:
+            assert not imports, f"{module} imports {sorted(imports)} but is not in docs/ARCHITECTURE.md"
+            continue
+        allowed = expand(dict(rows)[module], listed)
+        if allowed is not None and imports - allowed:
+            bad[module] = sorted(imports - allowed)
+    assert bad == {}
 
 
-def test_package_imports_follow_the_table() -> None:
-    modules = sorted(PACKAGE.glob("*.py"))
-    assert any(p.stem == "config" for p in modules)
-    bad = {p.stem: forbidden_edges(p.stem, p.read_text()) for p in modules}
-    assert {name: edges for name, edges in bad.items() if edges} == {}
+def upward_rows(rows: list[tuple[str, str]]) -> list[str]:
+    """Modules whose may-import cell names a module that is not above them in the table."""
+    listed = [m for m, _ in rows]
+    return [m for i, (m, cell) in enumerate(rows)
+            if not (expand(cell, listed) or set()) - {m} <= set(listed[:i])]
+
+
+def test_the_table_only_lets_modules_import_what_stands_above_them() -> None:
+    rows = table(ARCHITECTURE.read_text())
+    assert len(rows) > 20 and upward_rows(rows) == []
 
 
 def test_checker_sees_every_import_form() -> None:
     source = (
-        "import critneuron.scores\n"
-        "from critneuron.solve import x\n"
-        "from critneuron import prune, store as s\n"
-        "from . import cli\n"
-        "from .sweep import y\n"
-        "import torch, critneuron.data\n"
+        "import critneuron.mip.scores\n"
+        "from critneuron.mip.solve import x\n"
+        "from critneuron import config, errors as e\n"
+        "from critneuron.nets import data\n"
+        "from . import store\n"
+        "from ..mip.spec import y\n"
+        "import torch, critneuron.nets.train\n"
     )
-    assert critneuron_imports(source) == {"scores", "solve", "prune", "store", "cli", "sweep", "data"}
-    assert forbidden_edges("bounds", source) == {"scores", "solve", "prune", "store", "cli", "sweep", "data"}
-    assert forbidden_edges("sweep", source) == {"cli"}
-    assert forbidden_edges("cli", source) == set()
+    modules = {"mip.scores", "mip.solve", "config", "errors", "nets.data", "nets.train", "experiments.store",
+               "mip.spec", "experiments.runs"}
+    assert critneuron_imports(source, "experiments.runs", modules) == {
+        "mip.scores", "mip.solve", "config", "errors", "nets.data", "experiments.store", "mip.spec", "nets.train"}
+    assert expand("mip.*, config", ["config", "mip.spec", "mip.bounds", "nets.data"]) == {"mip.spec", "mip.bounds", "config"}
+
+
+def test_a_table_that_lets_a_module_import_one_below_it_is_caught() -> None:
+    text = "| `errors` | x | – |\n| `config` | x | nets.data |\n| `nets.data` | x | config, errors |\n"
+    assert upward_rows(table(text)) == ["config"]

@@ -1,4 +1,4 @@
-"""Tests of critneuron.prune: masks from scores, applying and freezing them, counts."""
+"""Tests of critneuron.pruning.masks: masks from scores, applying and freezing them, counts."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from critneuron.config import ConfigError, paper_train_config
-from critneuron.data import TensorData
-from critneuron.models import build_model
-from critneuron.prune import (
+from critneuron.config import paper_train_config
+from critneuron.errors import ConfigError
+from critneuron.nets.data import TensorData
+from critneuron.nets.models import build_model
+from critneuron.pruning.masks import (
     Masks,
     apply_masks,
     count_params_flops,
@@ -22,8 +23,8 @@ from critneuron.prune import (
     pruning_stats,
     unfreeze_masks,
 )
-from critneuron.scores import Scores
-from critneuron.train import train_model
+from critneuron.mip.scores import Scores
+from critneuron.nets.train import train_model
 
 
 def tiny_net() -> nn.Sequential:
@@ -228,7 +229,7 @@ def test_frozen_lenet5_survives_train_model(dataset: str) -> None:
     masks = Masks(kept={"conv1": [0, 2, 3, 5], "fc1": list(range(0, 120, 2))}, sizes={"conv1": 6, "fc1": 120})
     tuned = apply_masks(model, masks, "remove")
     freeze_masks(tuned, masks, "remove")
-    cfg = paper_train_config(dataset, epochs=2)
+    cfg = paper_train_config("lenet5", dataset, epochs=2)
     train_model(tuned, synthetic_split(64, 0), synthetic_split(32, 1), cfg, progress=False)
     assert torch.all(tuned.conv1.weight[[1, 4]] == 0) and torch.all(tuned.conv1.bias[[1, 4]] == 0)
     assert torch.all(tuned.fc1.weight[1::2] == 0)

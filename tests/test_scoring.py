@@ -10,12 +10,13 @@ import scipy.optimize as so
 import torch
 from torch import nn
 
-from critneuron.bounds import forward, interval_bounds, shift_scale, stability
-from critneuron.config import ScoreConfig, SolveError, UnsupportedLayerError
-from critneuron.formulation import build_formulation, logsumexp
-from critneuron.scores import score
-from critneuron.solve import solve
-from critneuron.spec import network_spec
+from critneuron.mip.bounds import forward, interval_bounds, shift_scale, stability
+from critneuron.config import ScoreConfig
+from critneuron.errors import SolveError, UnsupportedLayerError
+from critneuron.mip.formulation import build_formulation, logsumexp
+from critneuron.mip.scores import score
+from critneuron.mip.solve import solve
+from critneuron.mip.spec import network_spec
 
 
 def tiny_fc() -> nn.Sequential:
@@ -163,7 +164,7 @@ def test_repeated_units_become_one_column_with_the_same_optimum():
 
 def test_kelley_round_timed_out_keeps_the_last_rounds_point(monkeypatch):
     """A re-solve that hits the time limit returns the previous round's scores, marked maxTimeLimit."""
-    import critneuron.solve as solve_mod
+    import critneuron.mip.solve as solve_mod
 
     net = tiny_fc()
     torch.manual_seed(1)
@@ -253,7 +254,7 @@ def test_unsupported_layer_is_named():
 def test_timeout_without_incumbent_raises_named_error(monkeypatch):
     net = tiny_fc()
     x, y = torch.rand(2, 2), torch.tensor([0, 1])
-    import critneuron.solve as solve_mod
+    import critneuron.mip.solve as solve_mod
 
     monkeypatch.setattr(solve_mod, "_solve_once", lambda *a, **k: {"status": "maxTimeLimit", "feasible": False,
                                                                        "objective": None, "bound": None})
@@ -282,7 +283,7 @@ def test_highs_time_limit_counts_the_runs_so_far():
     """HiGHS compares time_limit with its object's total run time over all runs (before 2.0)."""
     from types import SimpleNamespace
 
-    from critneuron.solve import highs_time_limit
+    from critneuron.mip.solve import highs_time_limit
 
     assert highs_time_limit(SimpleNamespace(_solver_model=None), 30.0) == 30.0
     used = SimpleNamespace(_solver_model=SimpleNamespace(getRunTime=lambda: 250.0))

@@ -1,4 +1,4 @@
-"""Tests of critneuron.store: keys, atomic run folders under SIGKILL and concurrent writers."""
+"""Tests of critneuron.experiments.store: keys, atomic run folders under SIGKILL and concurrent writers."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from critneuron.config import RunConfig, ScoreConfig, to_dict
-from critneuron.store import RESULTS_ENV, RunNotFoundError, RunOutput, Store, versions
+from critneuron.experiments.store import RESULTS_ENV, RunNotFoundError, RunOutput, Store, versions
 
 CONFIG = {"score": {"lambda_": 5.0, "mode": "relaxed"}, "model": {"name": "lenet5"}}
 INPUTS = {"weights": "ab12", "batch": np.arange(1000), "solver": "appsi_highs"}
@@ -28,7 +28,7 @@ WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
-    import critneuron.store as store
+    import critneuron.experiments.store as store
     root, label, pause_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
     real, count = store._write_bytes, 0
     def announcing(path, data):
@@ -203,7 +203,7 @@ def test_two_processes_writing_one_key_leave_one_intact_result(tmp_path, earlier
 CACHED = textwrap.dedent("""
     import sys, time, uuid
     from pathlib import Path
-    from critneuron.store import Store
+    from critneuron.experiments.store import Store
     root = Path(sys.argv[1])
     def compute():
         (root / f"ran-{uuid.uuid4().hex}").touch()

@@ -1,4 +1,4 @@
-"""Tests of critneuron.sweep: sweep files, runs on a real Dask LocalCluster, kill and restart."""
+"""Tests of critneuron.machinery.sweep: sweep files, runs on a real Dask LocalCluster, kill and restart."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from critneuron.config import ConfigError
-from critneuron.store import Store
-from critneuron.config import CritneuronError
-from critneuron.sweep import Sweep, collect, expand, load_sweep, main, parse_sweep, run_sweep, sweep_results
+from critneuron.errors import ConfigError
+from critneuron.experiments.store import Store
+from critneuron.errors import CritneuronError
+from critneuron.machinery.sweep import collect, main, run_sweep, sweep_results
+from critneuron.machinery.sweepfile import Sweep, expand, load_sweep, parse_sweep
 
 TESTS = Path(__file__).parent
 SWEEPS = TESTS.parent / "sweeps"
@@ -138,7 +139,7 @@ def test_wrong_task_path_fails_before_any_run(tmp_path, toy_tasks):
 
 
 def sweep_command(sweep_file: Path, results: Path) -> list[str]:
-    return [sys.executable, "-m", "critneuron.sweep", str(sweep_file), "--workers", "2",
+    return [sys.executable, "-m", "critneuron.machinery.sweep", str(sweep_file), "--workers", "2",
             "--results", str(results), "--no-progress"]
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from critneuron.config import DataConfig, ModelConfig, TrainConfig, paper_train_config
-from critneuron.data import load_split
-from critneuron.models import build_model
-from critneuron.train import evaluate, load_checkpoint, make_optimizer, save_checkpoint, train_model
+from critneuron.nets.data import load_split
+from critneuron.nets.models import build_model
+from critneuron.nets.train import evaluate, load_checkpoint, make_optimizer, save_checkpoint, train_model
 
 
 def test_lenet5_one_epoch_on_mnist_subset(lenet5_mnist, mnist_subset: dict) -> None:
@@ -58,18 +58,18 @@ def test_zero_epochs_keeps_initial_weights(tiny_mnist_root: Path) -> None:
 
 def test_paper_optimisers() -> None:
     model = build_model("fc3")
-    sgd = make_optimizer(model, paper_train_config("cifar10"))
+    sgd = make_optimizer(model, paper_train_config("lenet5", "cifar10"))
     assert type(sgd).__name__ == "SGD"
     paper = {"nesterov": True, "momentum": 0.9, "weight_decay": 5e-4, "lr": 1e-2}
     assert {key: sgd.defaults[key] for key in paper} == paper
-    rmsprop = make_optimizer(model, paper_train_config("mnist"))
+    rmsprop = make_optimizer(model, paper_train_config("lenet5", "mnist"))
     assert type(rmsprop).__name__ == "RMSprop" and rmsprop.defaults["lr"] == 1e-3
 
 
 def test_checkpoint_round_trip(tmp_path: Path, tiny_mnist_root: Path) -> None:
     result = _train_tiny(tiny_mnist_root, 0)
     model_cfg, data_cfg = ModelConfig(name="lenet5"), DataConfig(root=str(tiny_mnist_root))
-    train_cfg = dataclasses.replace(paper_train_config("mnist"), epochs=2)
+    train_cfg = dataclasses.replace(paper_train_config("lenet5", "mnist"), epochs=2)
     metrics = {"test_accuracy": 0.5, "history": result.history, "torch": torch.__version__, "out": tmp_path}
     configs = (model_cfg, data_cfg, train_cfg)
     path = tmp_path / "run" / "checkpoint.pt"

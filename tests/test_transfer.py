@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from critneuron.baselines import baseline_masks, random_scores
+from critneuron.pruning.baselines import baseline_masks, random_scores
 from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, paper_train_config
-from critneuron.experiment import mip_scores, trained_model
-from critneuron.models import build_model
-from critneuron.prune import masks_from_scores, pruning_stats
-from critneuron.store import Store
-from critneuron.transfer import DECOUPLED_SOURCES, VARIANTS, at_init_rows, masked_weights_max, source_config, source_masks, \
+from critneuron.experiments.runs import mip_scores, trained_model
+from critneuron.nets.models import build_model
+from critneuron.pruning.masks import masks_from_scores, pruning_stats
+from critneuron.experiments.store import Store
+from critneuron.catalog import model_record
+from critneuron.experiments.transfer import VARIANTS, at_init_rows, masked_weights_max, source_config, source_masks, \
     train_masked, transfer_rows
 
 
@@ -31,7 +32,7 @@ def test_masked_weights_stay_exactly_zero_through_retraining(base: RunConfig, sc
     init = build_model("lenet5", seed=3).state_dict()
     like = masks_from_scores(random_scores(build_model("lenet5"), 7), 0.5)
     masks = baseline_masks("random", build_model("lenet5"), like, seed=1)
-    train_cfg = dataclasses.replace(paper_train_config(schedule, epochs=1), batch_size=32)
+    train_cfg = dataclasses.replace(paper_train_config("lenet5", schedule, epochs=1), batch_size=32)
     model = train_masked(ModelConfig("lenet5"), init, masks, base.data, train_cfg)
     assert masked_weights_max(build_model("lenet5", seed=3), masks) > 0.01  # the init had them non-zero
     assert masked_weights_max(model, masks) == 0.0
@@ -43,7 +44,7 @@ def test_masked_weights_stay_exactly_zero_through_retraining(base: RunConfig, sc
 def test_retraining_starts_from_the_given_initialisation(base: RunConfig) -> None:
     init = build_model("fc3", seed=5).state_dict()
     masks = masks_from_scores(random_scores(build_model("fc3"), 2), 0.3)
-    zero_epochs = paper_train_config("mnist", epochs=0)
+    zero_epochs = paper_train_config("lenet5", "mnist", epochs=0)
     model = train_masked(ModelConfig("fc3"), init, masks, base.data, zero_epochs)
     for name in ("fc1", "fc2"):
         expected = init[f"{name}.weight"].clone()
@@ -89,13 +90,13 @@ def test_pruning_at_initialisation_scores_the_untrained_network(base: RunConfig,
 
 
 def test_decoupled_source_masks_come_from_block_scores(base: RunConfig, tmp_path: Path) -> None:
-    """VGG-16's masks come from decoupled scoring (the default for DECOUPLED_SOURCES); here LeNet-5
+    """VGG-16's masks come from decoupled scoring (the default for models the paper trains decoupled); here LeNet-5
     forced through the same path on a small subset."""
     store = Store(tmp_path)
     cfg = source_config(dataclasses.replace(base, data=dataclasses.replace(base.data, subset=10000)),
                         "lenet5", "mnist", seed=0, epochs=3)
     init, masks = source_masks(cfg, store, decoupled=True)
-    assert "vgg16" in DECOUPLED_SOURCES and "lenet5" not in DECOUPLED_SOURCES
+    assert model_record("vgg16").training == "decoupled" and model_record("lenet5").training == "end-to-end"
     blocks = [store.read("score", r["key"])["config"]["block"] for r in store.ls("score")]
     assert sorted(blocks) == ["block1", "tail"]
     assert store.read("train", store.ls("train")[0]["key"])["config"]["training"] == "decoupled"

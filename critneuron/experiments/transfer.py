@@ -10,10 +10,8 @@ on the network the MIP scored (A's trained network; the untrained one at initial
 training minibatch of 128 of A, with the real cross-entropy of the log-softmax.
 
 Every stage is cached in the result store: A's training (kind "train") and scores ("score") as in
-`critneuron.experiment`, each retraining on B under kind "retrain", keyed by model, B's data and
+`critneuron.experiments.runs`, each retraining on B under kind "retrain", keyed by model, B's data and
 schedule, the initial weights' hash, the mask and the versions.
-
-May import: config, data, models, train, scores, prune, baselines, decoupled, store, experiment.
 """
 
 from __future__ import annotations
@@ -25,21 +23,20 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .baselines import baseline_masks, snip_batch
-from .config import ConfigError, DataConfig, ModelConfig, RunConfig, TrainConfig, paper_train_config, to_dict
-from .data import AUGMENTED_DATASETS, dataset_source, load_split
-from .decoupled import decoupled_train_config
-from .experiment import (
-    TRAIN_THREADS, decoupled_mip_scores, decoupled_network, mip_scores, trained_checkpoint, weights_hash,
-)
-from .models import WIDTH_SCALABLE, build_model
-from .prune import Bias, Masks, freeze_masks, masks_from_scores, pruning_stats, unfreeze_masks
-from .scores import Scores
-from .store import Store
-from .train import State, evaluate, load_checkpoint, torch_threads, train_model
+from critneuron.catalog import dataset_record, model_record
+from critneuron.config import Bias, DataConfig, ModelConfig, RunConfig, TrainConfig, paper_train_config, to_dict
+from critneuron.errors import ConfigError
+from critneuron.experiments.decoupled import decoupled_mip_scores, decoupled_network
+from critneuron.experiments.runs import TRAIN_THREADS, mip_scores, trained_checkpoint, weights_hash
+from critneuron.experiments.store import Store
+from critneuron.mip.scores import Scores
+from critneuron.nets.data import dataset_source, load_split
+from critneuron.nets.models import build_model
+from critneuron.nets.train import State, evaluate, load_checkpoint, torch_threads, train_model
+from critneuron.pruning.baselines import baseline_masks, snip_batch
+from critneuron.pruning.masks import Masks, freeze_masks, masks_from_scores, pruning_stats, unfreeze_masks
 
 VARIANTS = ("reference", "mip", "random", "snip")
-DECOUPLED_SOURCES = ("vgg16",)  # scored block by block (`critneuron.decoupled`), as in the paper
 # The paper's pruning at initialisation: the MIP on the untrained LeNet-5, B = 5, λ = 1, τ = 0.2
 # (relaxed), the masked net trained 20 epochs on MNIST and transferred to Fashion-MNIST and CIFAR-10.
 # ε = 0 is ours: at initialisation the biases are zero, so every conv1 unit over MNIST's black
@@ -53,11 +50,11 @@ PAPER_AT_INIT = {"model": "lenet5", "source": "mnist", "targets": ("mnist", "fas
 def source_config(base: RunConfig, model: str, dataset: str, seed: int, epochs: int | None = None,
                   width: float = 1.0) -> RunConfig:
     """`base` on `dataset` with `model` (`width` for width-scalable models only) and the paper's
-    schedule for `dataset` (`epochs` if given) with training seed `seed`."""
+    schedule for `model` on `dataset` (`epochs` if given) with training seed `seed`."""
     return dataclasses.replace(
         base, data=dataclasses.replace(base.data, dataset=dataset),
-        model=ModelConfig(name=model, width=width if model in WIDTH_SCALABLE else 1.0),
-        train=paper_train_config(dataset, epochs, seed))
+        model=ModelConfig(name=model, width=width if model_record(model).width_scalable else 1.0),
+        train=paper_train_config(model, dataset, epochs, seed))
 
 
 def masked_weights_max(model: nn.Sequential, masks: Masks) -> float:
@@ -77,7 +74,7 @@ def train_masked(model_cfg: ModelConfig, init_state: State, masks: Masks | None,
         freeze_masks(model, masks, bias)
     train, val = load_split(data, "train"), load_split(data, "val")
     with torch_threads(TRAIN_THREADS):
-        result = train_model(model, train, val, train_cfg, augment=data.dataset in AUGMENTED_DATASETS,
+        result = train_model(model, train, val, train_cfg, augment=dataset_record(data.dataset).augment,
                              progress=False)
     unfreeze_masks(result.model)
     return result.model.eval()
@@ -109,8 +106,6 @@ def retrained_accuracy(model_cfg: ModelConfig, init_state: State, masks: Masks |
 def _scored_source(cfg: RunConfig, store: Store, at_init: bool, decoupled: bool) -> tuple[nn.Sequential, State, Scores]:
     """A's network, its initial weights and its MIP scores (whole-network, or block by block)."""
     if decoupled:
-        cfg = dataclasses.replace(cfg, train=decoupled_train_config(cfg.model.name, cfg.data.dataset,
-                                                                    cfg.train.epochs, cfg.train.seed))
         net, _metrics = decoupled_network(cfg, store, "decoupled")
         init = build_model(cfg.model.name, cfg.model.width, seed=cfg.train.seed)  # what greedy training started from
         return net.model, init.state_dict(), decoupled_mip_scores(net, cfg, store, "decoupled")
@@ -126,13 +121,14 @@ def source_masks(cfg: RunConfig, store: Store, at_init: bool = False,
     MIP mask at τ, a random mask (seed: the training seed) and the SNIP mask at its per-layer counts.
 
     `at_init`: score the untrained network (its balanced batch need not be classified correctly).
-    `decoupled` (default: for the models in `DECOUPLED_SOURCES`, as the paper does for VGG-16):
-    A's network is trained greedily with auxiliary heads (`decoupled_train_config`, A's epochs)
-    and scored block by block (`experiment.decoupled_mip_scores`).
+    `decoupled` (default: for the models the paper trains decoupled, `ModelRecord.training`, i.e.
+    VGG-16): A's network is trained greedily with auxiliary heads (A's schedule) and scored block
+    by block (`experiments.decoupled.decoupled_mip_scores`).
     """
     if at_init:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=0))
-    decoupled = cfg.model.name in DECOUPLED_SOURCES and not at_init if decoupled is None else decoupled
+    if decoupled is None:
+        decoupled = model_record(cfg.model.name).training == "decoupled" and not at_init
     model, init_state, scores = _scored_source(cfg, store, at_init, decoupled)
     mip = masks_from_scores(scores, cfg.prune.resolve(cfg.model.name, cfg.data.dataset))
     x, y = snip_batch(load_split(cfg.data, "train"), seed=cfg.score.seed)
@@ -146,7 +142,7 @@ def transfer_rows(cfg: RunConfig, targets: Sequence[str], store: Store, epochs: 
     """Train every variant of `source_masks(cfg)` on each target dataset from A's initialisation.
 
     `cfg` is the source run (dataset A, model, A's schedule and seed, MIP and τ); each target B
-    uses `cfg.data` with B's name and `paper_train_config(B, epochs, seed)`. One row per (target,
+    uses `cfg.data` with B's name and `paper_train_config(model, B, epochs, seed)`. One row per (target,
     variant): model, source, target, seed, at_init, variant, epochs, tau, test_accuracy,
     pct_neurons_pruned and pct_params_pruned (0 for the reference), masked_weights_max, train_seconds.
 
@@ -160,7 +156,7 @@ def transfer_rows(cfg: RunConfig, targets: Sequence[str], store: Store, epochs: 
     rows = []
     for target in targets:
         data = dataclasses.replace(cfg.data, dataset=target)
-        train_cfg = paper_train_config(target, epochs, cfg.train.seed)
+        train_cfg = paper_train_config(cfg.model.name, target, epochs, cfg.train.seed)
         for variant, mask in masks.items():
             result = retrained_accuracy(cfg.model, init_state, mask, data, train_cfg, store, cfg.prune.bias)
             pruned = mask is not None

@@ -1,6 +1,4 @@
 """The `Scores` type every scorer returns, and `score`: bounds -> formulation -> solve -> self-check.
-
-May import: config, spec, bounds, formulation, solve, models.
 """
 
 from __future__ import annotations
@@ -17,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bounds import Bounds, interval_bounds, shift_scale
-from .config import ScoreConfig, to_dict
-from .formulation import build_formulation
-from .solve import solve
-from .spec import AffineSpec, NetworkSpec, network_spec
+from critneuron.mip.bounds import Bounds, interval_bounds, shift_scale
+from critneuron.config import ScoreConfig, to_dict
+from critneuron.mip.formulation import build_formulation
+from critneuron.mip.solve import solve
+from critneuron.mip.spec import AffineSpec, NetworkSpec, network_spec
 
 
 @dataclass

@@ -10,8 +10,6 @@ writing the same key leave one intact result (the second discards its copy). A f
 recorded as ``failed.json`` in the same place; it is not complete, so a rerun retries it.
 `Store.cached` holds a per-key file lock while computing, so concurrent workers that need the
 same stage (e.g. one trained net for a whole λ sweep) compute it once.
-
-May import (critneuron): config.
 """
 
 from __future__ import annotations
@@ -35,7 +33,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 
-from critneuron.config import CritneuronError, config_hash, to_dict
+from critneuron.config import config_hash, to_dict
+from critneuron.errors import CritneuronError
 
 if TYPE_CHECKING:
     import pandas

@@ -1,7 +1,7 @@
 """Solve a `Formulation`: persistent HiGHS (appsi), MIP start, Kelley cuts for the log-sum-exp.
 
 Returns a `SolveReport` (status, gap, rounds, times, solver name and version) that is stored with
-every result. May import: config, formulation.
+every result.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import numpy as np
 import pyomo.environ as pe
 from pyomo.contrib.appsi.base import TerminationCondition as TC
 
-from .config import ScoreConfig, SolveError
-from .formulation import Formulation, logsumexp
+from critneuron.config import ScoreConfig
+from critneuron.errors import SolveError
+from critneuron.mip.formulation import Formulation, logsumexp
 
 _FEASIBLE = {TC.optimal, TC.maxTimeLimit, TC.maxIterations, TC.objectiveLimit, TC.interrupted}
 

@@ -2,12 +2,10 @@
 MIP and every baseline at equal per-layer counts.
 
 Each threshold τ of a grid turns the MIP scores of one trained network into a mask; its per-layer
-counts are the budget at which every baseline of `critneuron.baselines` (random over several
+counts are the budget at which every baseline of `critneuron.pruning.baselines` (random over several
 seeds, critical, magnitude-l1/l2, SNIP on one training minibatch of 128, mean activation on the
 MIP batch) prunes as many units per layer. Nothing is retrained. The rows are cached in the
 result store under kind "budget", keyed by the run config, the weights, the scores and τ grid.
-
-May import: config, data, train, scores, prune, baselines, store, experiment.
 """
 
 from __future__ import annotations
@@ -20,14 +18,14 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from .baselines import BASELINES, baseline_masks, snip_batch
-from .config import RunConfig, to_dict
-from .data import dataset_source, load_split
-from .experiment import mip_scores, score_inputs, trained_model, weights_hash
-from .prune import Masks, apply_masks, masks_from_scores, pruning_stats
-from .scores import Scores
-from .store import Store, versions
-from .train import evaluate
+from critneuron.pruning.baselines import BASELINES, baseline_masks, snip_batch
+from critneuron.config import RunConfig, to_dict
+from critneuron.nets.data import dataset_source, load_split
+from critneuron.experiments.runs import mip_scores, score_inputs, trained_model, weights_hash
+from critneuron.pruning.masks import Masks, apply_masks, masks_from_scores, pruning_stats
+from critneuron.mip.scores import Scores
+from critneuron.experiments.store import Store, versions
+from critneuron.nets.train import evaluate
 
 METHODS = ("mip", *BASELINES)
 RANDOM_SEEDS = (0, 1, 2)

@@ -21,8 +21,6 @@ Formulation (ElAraby, Wolf, Carvalho, the authors' final code):
 * objective :math:`\\lambda \\frac1B\\sum_b (t_b - \\hat z_{b,y_b}) + \\mathrm{SumLargest}_{m-1}(g)`,
   :math:`g_l = \\sum_i (s_i - 2)/n_l`, with :math:`t_b \\ge \\mathrm{LSE}(\\hat z_b)` enforced by
   tangent cuts (``ce``) or :math:`t_b \\ge \\hat z_{b,k}` (``margin``).
-
-May import: config, spec, bounds.
 """
 
 from __future__ import annotations
@@ -34,9 +32,9 @@ import pyomo.environ as pe
 import scipy.sparse as sp
 from pyomo.core.expr.numeric_expr import LinearExpression
 
-from .bounds import Bounds, forward, shift_scale, stability
-from .config import ScoreConfig
-from .spec import AffineSpec, NetworkSpec, ReLUSpec
+from critneuron.mip.bounds import Bounds, forward, shift_scale, stability
+from critneuron.config import ScoreConfig
+from critneuron.mip.spec import AffineSpec, NetworkSpec, ReLUSpec
 
 
 @dataclass

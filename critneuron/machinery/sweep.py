@@ -3,21 +3,10 @@
 Job: expand a sweep file into full run configs, skip those already complete in the store,
 run the rest on Dask distributed and record every run's result or error.
 
-Sweep file (YAML)::
-
-    task: critneuron.experiment:prune_task   # "module:function", fn(config: dict) -> dict
-    kind: prune                              # store folder <results>/<kind>/<key>/
-    description: λ sweep of Figure 2, quick settings
-    base: {data: {dataset: mnist}, model: {name: lenet5}, train: {epochs: 2}}
-    grid: {score.lambda_: [1, 2, 3]}         # dotted keys into RunConfig; cartesian product
-    list: [{model.name: fc3}, {model.name: lenet5}]   # optional overrides, each × the grid
-
-Runs are ``base`` + one ``list`` item + one grid point, in file order (list outer, last grid
-key fastest), resolved to the full `RunConfig` (defaults filled in, ints of float fields made
-floats, duplicates dropped). Each is stored under ``store.key(kind, config, **versions())``.
+Sweep files are parsed and expanded by `machinery.sweepfile`.
 
 Task contract: a task is a top-level function ``fn(config: dict) -> dict`` (or
-`critneuron.store.RunOutput` to add artifacts and a log) importable on every worker. It runs in
+`critneuron.experiments.store.RunOutput` to add artifacts and a log) importable on every worker. It runs in
 a worker process, whose stdout/stderr go to the run's ``log.txt``; ``$CRITNEURON_RESULTS`` is
 set to the sweep's store root while it runs, so ``Store()`` inside the task caches its stages
 there. The worker writes the result itself, so killing the driver keeps finished runs, and it
@@ -35,8 +24,7 @@ Where it runs (``scheduler``):
         installed and the results root at the same path on a shared filesystem.
     "serial": no Dask; runs one after another in this process (debugging, comparisons).
 
-May import (critneuron): config, store. Tasks are imported by their path only when run, so
-this module never imports the experiment code.
+Tasks are imported by their path only when run, so this module never imports the experiment code.
 """
 
 from __future__ import annotations
@@ -46,43 +34,24 @@ import copy
 import dataclasses
 import importlib
 import io
-import itertools
 import os
-import re
 import sys
 import time
 import traceback
-import typing
 import uuid
 from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
-import yaml
 from dask.system import CPU_COUNT
 from distributed import Client, LocalCluster, as_completed
 from tqdm import tqdm
 
-from critneuron.config import ConfigError, CritneuronError, RunConfig, canonical_json, from_dict, to_dict
-from critneuron.store import RESULTS_ENV, RunOutput, Store, versions
+from critneuron.errors import ConfigError, CritneuronError
+from critneuron.experiments.store import RESULTS_ENV, RunOutput, Store, versions
+from critneuron.machinery.sweepfile import Sweep, expand, load_sweep
 
-SWEEP_KEYS = ("task", "kind", "description", "base", "grid", "list")
 DONE, SKIPPED, FAILED = "done", "skipped", "failed"
-_TASK_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """A validated sweep file: task path, store kind, base config, grid and override list."""
-
-    task: str
-    kind: str
-    base: Mapping[str, Any]
-    grid: Mapping[str, list] = field(default_factory=dict)
-    items: tuple[Mapping[str, Any], ...] = ()
-    description: str = ""
-
 
 @dataclass
 class SweepSummary:
@@ -111,145 +80,6 @@ class SweepSummary:
 def _last_line(text: str) -> str:
     lines = text.strip().splitlines()
     return lines[-1] if lines else "(no error text)"
-
-
-def _field_hint(cls: type, name: str, dotted: str) -> Any:
-    """The type of field ``name`` of config class ``cls``; ConfigError if there is none."""
-    hints = typing.get_type_hints(cls)
-    if name not in hints:
-        raise ConfigError(f"bad key {dotted!r}: {cls.__name__} has no field {name!r}; known: {sorted(hints)}")
-    return hints[name]
-
-
-def check_dotted(dotted: str) -> None:
-    """Raise ConfigError unless ``dotted`` names a RunConfig field, e.g. ``score.lambda_``."""
-    cls: Any = RunConfig
-    *sections, last = dotted.split(".")
-    for name in sections:
-        cls = _field_hint(cls, name, dotted)
-        if not dataclasses.is_dataclass(cls):
-            raise ConfigError(f"bad key {dotted!r}: {name!r} is a value, not a section")
-    _field_hint(cls, last, dotted)
-
-
-def _set_dotted(nested: dict, dotted: str, value: Any) -> None:
-    """Set ``a.b`` in a nested dict; a mapping value is merged into an existing mapping."""
-    *parents, last = dotted.split(".")
-    for name in parents:
-        nested = nested.setdefault(name, {})
-    if isinstance(value, Mapping) and isinstance(nested.get(last), Mapping):
-        for key, item in value.items():
-            _set_dotted(nested[last], key, item)
-    else:
-        nested[last] = copy.deepcopy(value)
-
-
-def _wants_float(hint: Any) -> bool:
-    options = typing.get_args(hint) or (hint,)
-    return float in options and int not in options
-
-
-def _floats(cfg: Any) -> Any:
-    """The config with ints in float fields made floats (so 5 and 5.0 give one key)."""
-    changes = {}
-    for name, hint in typing.get_type_hints(type(cfg)).items():
-        value = getattr(cfg, name)
-        if dataclasses.is_dataclass(hint):
-            changes[name] = _floats(value)
-        elif _wants_float(hint) and isinstance(value, int) and not isinstance(value, bool):
-            changes[name] = float(value)
-    return dataclasses.replace(cfg, **changes)
-
-
-def resolve(overrides: Mapping[str, Any]) -> dict:
-    """A full run config (plain dict) from a nested partial config; ConfigError if invalid."""
-    return to_dict(_floats(from_dict(RunConfig, overrides)))
-
-
-def _check_mapping(value: Any, what: str) -> Mapping:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{what} must be a mapping, got {type(value).__name__}")
-    for dotted in value:
-        check_dotted(str(dotted))
-    return value
-
-
-def _check_grid(grid: Any) -> dict:
-    if not isinstance(grid, Mapping) or not grid:
-        raise ConfigError(f"grid must be a non-empty mapping of dotted key → list of values, got {grid!r}")
-    _check_mapping(grid, "grid")
-    for dotted, values in grid.items():
-        if not isinstance(values, list) or not values:
-            raise ConfigError(f"grid[{dotted!r}] must be a non-empty list, got {values!r}")
-    return dict(grid)
-
-
-def _check_items(items: Any) -> tuple:
-    if not isinstance(items, list) or not items:
-        raise ConfigError(f"list must be a non-empty list of overrides, got {items!r}")
-    return tuple(_check_mapping(item, f"list item {i}") for i, item in enumerate(items))
-
-
-def _check_head(raw: Any) -> None:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"a sweep file must hold a mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(SWEEP_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown sweep key(s) {unknown}; known: {list(SWEEP_KEYS)}")
-    missing = [name for name in ("task", "kind") if name not in raw]
-    if missing:
-        raise ConfigError(f"missing sweep key(s) {missing}")
-    if not isinstance(raw["task"], str) or not _TASK_PATH.match(raw["task"]):
-        raise ConfigError(f"task must be 'module:function', got {raw['task']!r}")
-    if not isinstance(raw["kind"], str) or not re.fullmatch(r"[\w-]+", raw["kind"]):
-        raise ConfigError(f"kind must be a plain name (letters, digits, _ or -), got {raw['kind']!r}")
-    if "grid" not in raw and "list" not in raw:
-        raise ConfigError("a sweep needs 'grid' or 'list' (or both)")
-
-
-def parse_sweep(raw: Any) -> Sweep:
-    """A validated `Sweep` from parsed YAML; every expanded config is checked too."""
-    _check_head(raw)
-    sweep = Sweep(
-        task=raw["task"],
-        kind=raw["kind"],
-        base=_check_mapping(raw.get("base") or {}, "base"),
-        grid=_check_grid(raw["grid"]) if "grid" in raw else {},
-        items=_check_items(raw["list"]) if "list" in raw else (),
-        description=str(raw.get("description", "")),
-    )
-    expand(sweep)
-    return sweep
-
-
-def load_sweep(path: str | os.PathLike) -> Sweep:
-    """Read and validate a sweep file; ConfigError names the file and the problem."""
-    try:
-        return parse_sweep(yaml.safe_load(Path(path).read_text()))
-    except (ConfigError, yaml.YAMLError, OSError) as err:
-        raise ConfigError(f"{path}: {err}") from err
-
-
-def _grid_points(grid: Mapping[str, list]) -> list[dict]:
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-
-
-def expand(sweep: Sweep) -> list[dict]:
-    """Full run configs of a sweep, deterministic order, duplicates dropped."""
-    configs, seen = [], set()
-    for item in sweep.items or ({},):
-        for point in _grid_points(sweep.grid):
-            nested: dict = {}
-            for dotted, value in [*sweep.base.items(), *item.items(), *point.items()]:
-                _set_dotted(nested, dotted, value)
-            try:
-                config = resolve(nested)
-            except ConfigError as err:
-                raise ConfigError(f"run {dict(item) | point}: {err}") from err
-            if canonical_json(config) not in seen:
-                seen.add(canonical_json(config))
-                configs.append(config)
-    return configs
 
 
 def import_task(path: str) -> Callable[[dict], Any]:
@@ -411,7 +241,7 @@ def run_sweep(sweep: Sweep, store: Store, scheduler: str | None = None,
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``critneuron sweep`` (shared with ``python -m critneuron.sweep``)."""
+    """The options of ``critneuron sweep`` (shared with ``python -m critneuron.machinery.sweep``)."""
     parser.add_argument("file", help="sweep YAML file (see sweeps/)")
     parser.add_argument("--scheduler", default=None,
                         help="tcp://host:8786 for an existing Dask cluster, or 'serial' (default: local cluster)")
@@ -430,8 +260,8 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m critneuron.sweep FILE [--scheduler ...] [--workers N] [--results DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m critneuron.sweep", description=__doc__.splitlines()[0])
+    """``python -m critneuron.machinery.sweep FILE [--scheduler ...] [--workers N] [--results DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m critneuron.machinery.sweep", description=__doc__.splitlines()[0])
     add_arguments(parser)
     try:
         return run_from_args(parser.parse_args(argv))
@@ -442,6 +272,6 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Call the imported module, not __main__, so workers unpickle run_item by its import path.
-    from critneuron.sweep import main as _main
+    from critneuron.machinery.sweep import main as _main
 
     sys.exit(_main())

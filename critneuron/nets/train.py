@@ -2,8 +2,6 @@
 
 Same seed, same data and same device give identical weights on the CPU (shuffling and
 augmentation draw from one seeded `torch.Generator`; initialisation is seeded in `build_model`).
-
-May import: config, data, models.
 """
 
 from __future__ import annotations
@@ -21,11 +19,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from critneuron.config import (
-    CritneuronError, DataConfig, ModelConfig, TrainConfig, from_dict, to_dict,
-)
-from critneuron.data import TensorData, iterate_batches
-from critneuron.models import build_model, evaluating
+from critneuron.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
+from critneuron.errors import CritneuronError
+from critneuron.nets.data import TensorData, iterate_batches
+from critneuron.nets.models import build_model, evaluating
 
 CHECKPOINT_FORMAT = 1
 State = dict[str, torch.Tensor]
@@ -134,7 +131,7 @@ def train_model(
     """Train `model` with `cfg`, keeping the weights of the lowest validation loss.
 
     Example:
-        >>> result = train_model(build_model("lenet5"), train, val, paper_train_config("mnist", epochs=1))
+        >>> result = train_model(build_model("lenet5"), train, val, paper_train_config("lenet5", "mnist", epochs=1))
         >>> evaluate(result.model, test)  # (accuracy, loss)
     """
     model.to(resolve_device(device))

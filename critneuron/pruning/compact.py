@@ -21,8 +21,6 @@ next Linear/Conv2d:
 The result is exact (up to float rounding) in eval mode; `compact_model` returns it in eval mode.
 `arch` is a plain dict; `build_compact(arch)` rebuilds the modules, so `save_compact` writes
 `arch.json` and `state_dict.pt` and `load_compact` needs nothing else.
-
-May import: config, models, prune.
 """
 
 from __future__ import annotations
@@ -40,10 +38,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .config import ConfigError, UnsupportedLayerError
-from .models import INPUT_SHAPE
-from .models import evaluating
-from .prune import Bias, Masks, check_bias, check_masks, layer_shapes, unit_count
+from critneuron.errors import ConfigError, UnsupportedLayerError
+from critneuron.nets.models import INPUT_SHAPE
+from critneuron.nets.models import evaluating
+from critneuron.config import Bias
+from critneuron.pruning.masks import Masks, check_bias, check_masks, layer_shapes, unit_count
 
 
 class BorderBiasConv2d(nn.Conv2d):

@@ -4,8 +4,6 @@ Every scorer returns `Scores` keyed by `scored_layer_names(model)`, one value pe
 or Conv2d output channel, higher = more important, deterministic for a given seed and batch.
 Baseline masks prune the same number of units per layer as a reference mask (usually the
 MIP's), so only the choice of units differs.
-
-May import: config, data, models, train, scores, prune, spec.
 """
 
 from __future__ import annotations
@@ -18,11 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, UnsupportedLayerError
-from .data import TensorData, iterate_batches
-from .prune import Masks, masks_with_counts, unit_count
-from .scores import Scores
-from .spec import scored_layer_names
+from critneuron.errors import ConfigError, UnsupportedLayerError
+from critneuron.nets.data import TensorData, iterate_batches
+from critneuron.pruning.masks import Masks, masks_with_counts, unit_count
+from critneuron.mip.scores import Scores
+from critneuron.nets.models import scored_layer_names
 
 BASELINES = ("random", "critical", "magnitude-l1", "magnitude-l2", "snip", "activation")
 SNIP_BATCH_SIZE = 128

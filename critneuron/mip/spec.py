@@ -2,8 +2,6 @@
 
 Every supported module becomes either an `AffineSpec` (a sparse matrix and an offset acting on
 the flattened C×H×W activation) or a `ReLUSpec`. Bounds and the MIP formulation read only these.
-
-May import: config.
 """
 
 from __future__ import annotations
@@ -15,7 +13,8 @@ import numpy as np
 import scipy.sparse as sp
 from torch import nn
 
-from .config import UnsupportedLayerError
+from critneuron.errors import UnsupportedLayerError
+from critneuron.nets.models import scored_layer_names
 
 SUPPORTED = "Linear, Conv2d, ReLU, AvgPool2d, AdaptiveAvgPool2d, BatchNorm1d/2d (eval), Flatten, Dropout/Identity"
 
@@ -63,17 +62,6 @@ class NetworkSpec:
     def scored(self) -> list[AffineSpec]:
         """Scored layers in order."""
         return [layer for layer in self.layers if isinstance(layer, AffineSpec) and layer.scored]
-
-
-def scored_layer_names(model: nn.Sequential) -> list[str]:
-    """Names of the modules that get importance scores: every Conv2d and every Linear but the last."""
-    linears = [name for name, m in model.named_children() if isinstance(m, nn.Linear)]
-    last = linears[-1] if linears else None
-    return [
-        name
-        for name, m in model.named_children()
-        if isinstance(m, nn.Conv2d) or (isinstance(m, nn.Linear) and name != last)
-    ]
 
 
 def _np(t) -> np.ndarray:

@@ -5,7 +5,8 @@ and no normalisation (CIFAR-10 becomes grayscale too). The PIL transforms run on
 the result is cached as uint8 N×1×32×32 and expanded to 3 channels and divided by 255 when a
 batch is served, which is exactly what `ToTensor` returns.
 
-May import: config, models.
+Which datasets exist, where their files lie and whether they are augmented is the catalog's
+(`catalog.dataset_record`).
 """
 
 from __future__ import annotations
@@ -26,27 +27,18 @@ from torch import nn
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from critneuron.config import ConfigError, CritneuronError, DataConfig, DatasetMissingError
-from critneuron.models import evaluating
+from critneuron.catalog import dataset_record
+from critneuron.config import DataConfig
+from critneuron.errors import ConfigError, CritneuronError, DatasetMissingError
+from critneuron.nets.models import NUM_CLASSES, evaluating
 
 SPLITS = ("train", "val", "test")
-NUM_CLASSES = 10
-AUGMENTED_DATASETS = ("cifar10",)
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-)
 SOURCE_TORCHVISION = "torchvision"
-SOURCE_CIFAR10_JPEG = "cifar10-jpeg-copy (JPEG, not byte-exact)"
-CIFAR10_JPEG_ZIP = Path("CIFAR10-jpeg") / "cifar10-jpeg.zip"
+SOURCE_LOADER = "loader"
+SOURCE_JPEG_COPY = "jpeg-copy (JPEG, not byte-exact)"
 
-_SOURCE_SLUGS = {SOURCE_TORCHVISION: "torchvision", SOURCE_CIFAR10_JPEG: "cifar10-jpeg"}
+_SOURCE_SLUGS = {SOURCE_TORCHVISION: "torchvision", SOURCE_LOADER: "loader", SOURCE_JPEG_COPY: "jpeg"}
 _CACHE_FORMAT = 1
-_TORCHVISION = {  # torchvision class, and where its files go under the root
-    "mnist": (datasets.MNIST, ("MNIST/raw",)),
-    "fashion-mnist": (datasets.FashionMNIST, ("FashionMNIST/raw",)),
-    "kmnist": (datasets.KMNIST, ("KMNIST/raw",)),
-    "cifar10": (datasets.CIFAR10, ("cifar-10-batches-py", str(CIFAR10_JPEG_ZIP))),
-}
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -80,15 +72,17 @@ def cache_dir(root: str | os.PathLike | None = None) -> Path:
 
 
 def dataset_source(cfg: DataConfig) -> str:
-    """Which copy of the data `cfg` loads: `SOURCE_TORCHVISION` or `SOURCE_CIFAR10_JPEG`.
+    """Which copy of the data `cfg` loads: `SOURCE_TORCHVISION`, `SOURCE_LOADER` (the record's own
+    loader) or `SOURCE_JPEG_COPY`.
 
-    CIFAR-10 falls back to the JPEG copy `<root>/CIFAR10-jpeg/cifar10-jpeg.zip` only when the
-    official `cifar-10-batches-py` folder is absent.
+    A dataset with a JPEG copy (CIFAR-10: `<root>/CIFAR10-jpeg/cifar10-jpeg.zip`) falls back to it
+    only when its official folder is absent.
     """
-    root = data_root(cfg.root)
-    if cfg.dataset == "cifar10" and not (root / "cifar-10-batches-py").is_dir():
-        if (root / CIFAR10_JPEG_ZIP).is_file():
-            return SOURCE_CIFAR10_JPEG
+    record, root = dataset_record(cfg.dataset), data_root(cfg.root)
+    if record.loader is not None:
+        return SOURCE_LOADER
+    if record.jpeg_copy and not (root / record.folders[0]).is_dir() and (root / record.jpeg_copy).is_file():
+        return SOURCE_JPEG_COPY
     return SOURCE_TORCHVISION
 
 
@@ -132,7 +126,7 @@ class TensorData:
 
 
 def _missing(dataset: str, root: Path, reason: str) -> DatasetMissingError:
-    expected = " or ".join(str(root / place) for place in _TORCHVISION[dataset][1])
+    expected = " or ".join(str(root / place) for place in dataset_record(dataset).folders)
     return DatasetMissingError(
         f"dataset {dataset!r} not found under data root {root} (expected {expected}; {reason}). "
         "Fix: set CRITNEURON_DATA or --data-root to a folder that holds it, "
@@ -141,7 +135,7 @@ def _missing(dataset: str, root: Path, reason: str) -> DatasetMissingError:
 
 
 def _open_torchvision(dataset: str, root: Path, train: bool, download: bool) -> torch.utils.data.Dataset:
-    cls = _TORCHVISION[dataset][0]
+    cls = getattr(datasets, dataset_record(dataset).torchvision)
     try:
         return cls(str(root), train=train, download=False)
     except RuntimeError:
@@ -156,14 +150,14 @@ def _open_torchvision(dataset: str, root: Path, train: bool, download: bool) -> 
         raise _missing(dataset, root, "the download failed: offline?") from None
 
 
-def _extract_jpeg_zip(root: Path) -> Path:
-    """Unpack the CIFAR-10 JPEG copy once into the cache dir; return the folder."""
-    target = cache_dir(root) / f"cifar10-jpeg-{_root_key(root)}"
+def _extract_jpeg_zip(dataset: str, root: Path) -> Path:
+    """Unpack a dataset's JPEG copy once into the cache dir; return the folder."""
+    target = cache_dir(root) / f"{dataset}-jpeg-{_root_key(root)}"
     if (target / ".complete").exists():
         return target
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    with zipfile.ZipFile(root / CIFAR10_JPEG_ZIP) as archive:
+    with zipfile.ZipFile(root / dataset_record(dataset).jpeg_copy) as archive:
         archive.extractall(tmp)
     (tmp / ".complete").touch()
     try:
@@ -173,12 +167,12 @@ def _extract_jpeg_zip(root: Path) -> Path:
     return target
 
 
-def _open_cifar10_jpeg(root: Path, train: bool) -> datasets.ImageFolder:
-    folder = _extract_jpeg_zip(root) / ("train" if train else "test")
-    images = datasets.ImageFolder(str(folder))
-    if tuple(images.classes) != CIFAR10_CLASSES:
+def _open_jpeg_copy(dataset: str, root: Path, train: bool) -> datasets.ImageFolder:
+    record = dataset_record(dataset)
+    images = datasets.ImageFolder(str(_extract_jpeg_zip(dataset, root) / ("train" if train else "test")))
+    if tuple(images.classes) != record.class_names:
         raise DatasetMissingError(
-            f"{root / CIFAR10_JPEG_ZIP} has classes {images.classes}, expected {list(CIFAR10_CLASSES)}"
+            f"{root / record.jpeg_copy} has classes {images.classes}, expected {list(record.class_names)}"
         )
     return images
 
@@ -221,8 +215,10 @@ def official_split(cfg: DataConfig, train: bool, download: bool = True) -> tuple
     if path.is_file():
         blob = torch.load(path, weights_only=True)
         return blob["images"], blob["labels"]
-    if source == SOURCE_CIFAR10_JPEG:
-        raw = _open_cifar10_jpeg(root, train)
+    if source == SOURCE_LOADER:
+        raw = dataset_record(cfg.dataset).loader(root, train)
+    elif source == SOURCE_JPEG_COPY:
+        raw = _open_jpeg_copy(cfg.dataset, root, train)
     else:
         raw = _open_torchvision(cfg.dataset, root, train, download)
     images, labels = _tensorize(raw, desc=f"caching {cfg.dataset} {name}")

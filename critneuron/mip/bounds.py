@@ -1,6 +1,6 @@
 """Interval arithmetic on a `NetworkSpec` from the ε-box around each input; stability of ReLU units.
 
-Plain float64 arrays in and out. May import: config, spec.
+Plain float64 arrays in and out.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ConfigError
-from .spec import AffineSpec, NetworkSpec, ReLUSpec
+from critneuron.errors import ConfigError
+from critneuron.mip.spec import AffineSpec, NetworkSpec, ReLUSpec
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,6 @@ injecting a profile's parameters, into ``book/_build/executed/``; a failing or t
 is reported by name and cell while the others still run. Phase 2 runs ``jupyter-book build``,
 whose static ``_config.yml`` never executes anything. Notebooks call `save_table` and the
 `read_*` helpers, so the results-summary chapter finds every table and the provenance.
-
-May import (critneuron): every module above it; it needs only ``config``.
 """
 
 from __future__ import annotations
@@ -28,8 +26,8 @@ from typing import Any, Iterable
 import pandas as pd
 import yaml
 
-from critneuron.config import ConfigError, CritneuronError
-from critneuron.store import versions
+from critneuron.errors import ConfigError, CritneuronError
+from critneuron.experiments.store import versions
 
 PROFILE_KEYS = ("timeout", "common")
 INJECTED = ("profile", "notebook", "output_dir")
@@ -112,8 +110,10 @@ def load_profile(profile: str | Path, notebooks_dir: Path) -> Profile:
     """Load and validate ``notebooks/profiles/<profile>.yaml`` (or a YAML path).
 
     Top-level keys: ``timeout`` (seconds per notebook, null = none), ``common`` (parameters for
-    every notebook) and one mapping per notebook stem. Every parameter must appear in that
-    notebook's ``parameters`` cell. Raises ConfigError naming the file and the problem.
+    every notebook that declares them) and one mapping per notebook stem. Every parameter a
+    profile sets must appear in that notebook's ``parameters`` cell (a ``common`` one in some
+    notebook's), and every parameter a notebook declares (but those book.py injects) must be set.
+    Raises ConfigError naming the file and the problem.
     """
     path, data = _read_profile_yaml(profile, notebooks_dir)
     stems = {nb.stem: nb for nb in list_notebooks(notebooks_dir)}
@@ -125,13 +125,22 @@ def load_profile(profile: str | Path, notebooks_dir: Path) -> Profile:
                                 or timeout <= 0):
         raise ConfigError(f"profile {path}: timeout must be a positive number or null, got {timeout!r}")
     common = _check_mapping(path, "common", data.get("common") or {})
+    declared = {stem: declared_parameters(notebook) for stem, notebook in stems.items()}
+    unused = sorted(set(common) - set().union(*declared.values()))
+    if unused:
+        raise ConfigError(f"profile {path}: 'common' sets {unused}, which no notebook declares")
     parameters = {}
-    for stem, notebook in stems.items():
-        params = {**common, **_check_mapping(path, stem, data.get(stem) or {})}
-        missing = sorted(set(params) - declared_parameters(notebook))
+    for stem, names in declared.items():
+        own = _check_mapping(path, stem, data.get(stem) or {})
+        missing = sorted(set(own) - names)
         if missing:
             raise ConfigError(f"profile {path}: notebook {stem} has no parameter(s) {missing} "
                               "in its 'parameters' cell")
+        params = {**{k: v for k, v in common.items() if k in names}, **own}
+        unset = sorted(names - set(params) - set(INJECTED))
+        if unset:
+            raise ConfigError(f"profile {path}: notebook {stem} declares parameter(s) {unset} that the "
+                              "profile does not set")
         parameters[stem] = params
     return Profile(path.stem, None if timeout is None else float(timeout), parameters)
 

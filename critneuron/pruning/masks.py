@@ -4,9 +4,7 @@ A `Masks` record keeps, per scored module name, the sorted indices of the kept u
 output neurons, Conv2d output channels) and the layer size; it is plain JSON and replays on any
 copy of the model. Pruning a unit zeroes its incoming weights (and, under `remove`, its bias);
 nothing is retrained. Parameter and FLOP counts of the physically compacted network are computed
-here analytically; `critneuron.compact` builds that network and its tests check the two agree.
-
-May import: config, models, scores, spec.
+here analytically; `critneuron.pruning.compact` builds that network and its tests check the two agree.
 """
 
 from __future__ import annotations
@@ -15,19 +13,17 @@ import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Mapping, Union
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .config import ConfigError, PruneConfig, UnsupportedLayerError
-from .models import INPUT_SHAPE, evaluating
-from .scores import Scores
-from .spec import scored_layer_names
-
-Bias = Literal["keep-bias", "remove"]
+from critneuron.config import Bias, PruneConfig
+from critneuron.errors import ConfigError, UnsupportedLayerError
+from critneuron.mip.scores import Scores
+from critneuron.nets.models import INPUT_SHAPE, evaluating, scored_layer_names
 
 
 @dataclass(frozen=True)

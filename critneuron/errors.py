@@ -1,0 +1,23 @@
+"""The named errors every module raises on purpose (imports nothing from critneuron)."""
+
+from __future__ import annotations
+
+
+class CritneuronError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(CritneuronError, ValueError):
+    """A configuration value or file is malformed."""
+
+
+class DatasetMissingError(CritneuronError, FileNotFoundError):
+    """A dataset is not in the data root and could not be downloaded."""
+
+
+class UnsupportedLayerError(CritneuronError, TypeError):
+    """A torch module has no MIP encoding."""
+
+
+class SolveError(CritneuronError, RuntimeError):
+    """The solver ended without any usable solution (infeasible, or timed out with no incumbent)."""

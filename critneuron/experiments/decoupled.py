@@ -1,0 +1,164 @@
+"""Decoupled (block-by-block) runs, cached: a network with auxiliary heads (trained greedily, or
+heads fitted to an end-to-end network), one stored sub-MIP per block, pruning at τ and evaluation;
+and the comparison with one whole-network MIP on the same batch.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from critneuron.catalog import dataset_record
+from critneuron.config import RunConfig, paper_train_config, to_dict
+from critneuron.errors import ConfigError
+from critneuron.experiments.runs import (
+    TRAIN_THREADS, checkpoint_output, mip_scores, score_inputs, train_config, train_inputs, trained_model,
+    weights_hash,
+)
+from critneuron.experiments.store import RunOutput, Store, versions
+from critneuron.experiments.whole import evaluate_masks
+from critneuron.mip.blocks import block_batches, block_problems, combine, solve_blocks
+from critneuron.mip.scores import Scores
+from critneuron.mip.solve import solver_version
+from critneuron.nets.data import SPLITS, dataset_source, load_split
+from critneuron.nets.heads import Decoupled, head_accuracies, train_decoupled
+from critneuron.nets.models import build_model
+from critneuron.nets.train import clone_state, evaluate, load_checkpoint, torch_threads
+from critneuron.pruning.masks import mask_agreement, masks_from_scores
+
+
+def _heads_bytes(net: Decoupled) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(clone_state(net.heads), buffer)
+    return buffer.getvalue()
+
+
+def _load_heads(net: Decoupled, folder: Path) -> Decoupled:
+    net.heads.load_state_dict(torch.load(folder / "artifacts" / "heads.pt", map_location="cpu", weights_only=True))
+    return net.eval()
+
+
+def _train_decoupled(cfg: RunConfig, progress: bool) -> RunOutput:
+    """Greedy training of the network and its heads from the seeded initialisation."""
+    start = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    net = Decoupled.build(build_model(cfg.model.name, cfg.model.width, seed=cfg.train.seed), seed=cfg.train.seed)
+    init_state = clone_state(net.model)
+    train, val, test = (load_split(cfg.data, s) for s in SPLITS)
+    with torch_threads(TRAIN_THREADS):
+        result = train_decoupled(net, train, val, cfg.train, "decoupled", augment=dataset_record(cfg.data.dataset).augment,
+                                 progress=progress)
+    net.model.cpu()
+    net.heads.cpu()
+    test_acc, test_loss = evaluate(net.model, test)
+    metrics = {"test_accuracy": test_acc, "test_loss": test_loss, "head_test_accuracy": head_accuracies(net, test),
+               "best_epoch": result.best_epoch, "history": result.history, "training": "decoupled",
+               "train_seconds": time.perf_counter() - start, "weights_hash": weights_hash(net.model),
+               "source": dataset_source(cfg.data)}
+    return checkpoint_output(net.model, cfg, init_state, metrics, **{"heads.pt": _heads_bytes(net)})
+
+
+def _fit_heads(model: nn.Sequential, cfg: RunConfig, head_cfg, progress: bool) -> RunOutput:
+    """Heads trained on the frozen blocks of an end-to-end network."""
+    start = time.perf_counter()
+    net = Decoupled.build(model, seed=cfg.train.seed)
+    train, val, test = (load_split(cfg.data, s) for s in SPLITS)
+    with torch_threads(TRAIN_THREADS):
+        result = train_decoupled(net, train, val, head_cfg, "end-to-end", augment=dataset_record(cfg.data.dataset).augment,
+                                 progress=progress)
+    net.model.cpu()
+    net.heads.cpu()
+    metrics = {"head_test_accuracy": head_accuracies(net, test), "history": result.history,
+               "training": "end-to-end", "train_seconds": time.perf_counter() - start}
+    return RunOutput(result=metrics, artifacts={"heads.pt": _heads_bytes(net)})
+
+
+def decoupled_network(cfg: RunConfig, store: Store, training: str = "decoupled",
+                      progress: bool = False) -> tuple[Decoupled, dict]:
+    """`cfg`'s network with trained auxiliary heads, and its metrics (cached).
+
+    training='decoupled': network and heads trained greedily with `cfg.train` (see
+    `decoupled.decoupled_train_config`). 'end-to-end': the network trained as usual
+    (`trained_model`), then heads fitted on its frozen blocks with the decoupled optimizer for
+    `cfg.train.epochs` epochs.
+    """
+    inputs = train_inputs(cfg)
+    if training == "decoupled":
+        config = {**train_config(cfg), "training": "decoupled"}
+        metrics = store.cached("train", config, lambda: _train_decoupled(cfg, progress), **inputs)
+        folder = store.path("train", store.key("train", config, **inputs))
+        model, _meta = load_checkpoint(folder / "artifacts" / "checkpoint.pt")
+        return _load_heads(Decoupled.build(model.eval(), seed=cfg.train.seed), folder), metrics
+    if training != "end-to-end":
+        raise ConfigError(f"training must be 'decoupled' or 'end-to-end', got {training!r}")
+    model, train_metrics = trained_model(cfg, store, progress)
+    head_cfg = paper_train_config(cfg.model.name, cfg.data.dataset, cfg.train.epochs, cfg.train.seed)
+    config = {"heads_train": to_dict(head_cfg), "training": "end-to-end"}
+    inputs["weights"] = weights_hash(model)
+    metrics = store.cached("heads", config, lambda: _fit_heads(model, cfg, head_cfg, progress), **inputs)
+    folder = store.path("heads", store.key("heads", config, **inputs))
+    net = _load_heads(Decoupled.build(model, seed=cfg.train.seed), folder)
+    return net, {**train_metrics, **metrics}
+
+
+def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training: str, workers: int = 1,
+                         progress: bool = False, batches: list[tuple] | None = None) -> Scores:
+    """Scores of every block's sub-MIP (each solved once per key, stored as it finishes), combined.
+
+    `batches`: one (x, y, indices) per block; default `decoupled.block_batches` (each block's
+    batch chosen by its own head's correctness).
+    """
+    train = load_split(cfg.data, "train")
+    batches = batches or block_batches(net, train, cfg.score.batch_size, cfg.score.seed)
+    problems = block_problems(net, batches, cfg.score.epsilon)
+    common = {"weights": weights_hash(net.model), "heads": weights_hash(net.heads), "dataset": cfg.data.dataset,
+              "source": dataset_source(cfg.data), "solver": solver_version(cfg.score), **versions()}
+    entries = {p.name: ({**to_dict(cfg.score), "block": p.name}, {**common, "batch_indices": p.batch_indices})
+               for p in problems}
+    keys = {name: store.key("score", config, **inputs) for name, (config, inputs) in entries.items()}
+    todo = [p for p in problems if not store.is_complete("score", keys[p.name])]
+
+    def save(problem, scores: Scores) -> None:
+        config, inputs = entries[problem.name]
+        store.write("score", keys[problem.name], config, scores.to_dict(), inputs=inputs)
+
+    solve_blocks(todo, cfg.score, workers=workers, progress=progress, done=save)
+    stored = [Scores.from_dict(store.read("score", keys[p.name])["result"]) for p in problems]
+    return combine(stored, training)
+
+
+def decoupled_run(cfg: RunConfig, store: Store | None = None, training: str = "decoupled", workers: int = 1,
+                  progress: bool = False) -> dict[str, Any]:
+    """Train with heads (cached), score every block (cached), prune at τ, evaluate: the table row
+    plus one row per block (status, gap, times, unstable units) and how the net was trained."""
+    store = store or Store()
+    net, train_metrics = decoupled_network(cfg, store, training, progress)
+    scores = decoupled_mip_scores(net, cfg, store, training, workers, progress)
+    data = {s: load_split(cfg.data, s) for s in SPLITS}
+    row = evaluate_masks(net.model, scores, cfg, data)
+    row.update({"config": to_dict(cfg), "training": training, "source": dataset_source(cfg.data),
+                "train_seconds": train_metrics["train_seconds"], "head_test_accuracy": train_metrics["head_test_accuracy"],
+                "scores": scores.to_dict()["layers"], "blocks": scores.provenance["blocks"], "versions": versions()})
+    return row
+
+
+def decoupled_vs_whole(net: Decoupled, cfg: RunConfig, store: Store, training: str = "decoupled",
+                       workers: int = 1) -> dict[str, Any]:
+    """The same network scored by one whole-network MIP and decoupled, on the same batch (the
+    whole network's): masks at τ, their per-layer agreement, and each method's time."""
+    x, y, inputs = score_inputs(net.model, cfg.data, cfg.score)
+    whole = mip_scores(net.model, cfg, store)
+    same = [(x, y, torch.tensor(inputs["batch_indices"]))] * len(net.blocks)
+    split = decoupled_mip_scores(net, cfg, store, training, workers, batches=same)
+    tau = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
+    masks = {name: masks_from_scores(s, tau) for name, s in (("whole", whole), ("decoupled", split))}
+    seconds = whole.provenance["seconds"]
+    return {"threshold": tau, "scores": {"whole": whole, "decoupled": split}, "masks": masks,
+            "agreement": mask_agreement(masks["whole"], masks["decoupled"]),
+            "seconds": {"whole": seconds["bounds"] + seconds["build"] + seconds["solve"],
+                        "decoupled": sum(b["wall_s"] for b in split.provenance["blocks"])}}

@@ -1,0 +1,48 @@
+"""One flat table row for every pruning run, whole-network (`whole.prune_run`) or block by block
+(`decoupled.decoupled_run`): the paper's table columns plus the solves' statistics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+SOLVE_COLUMNS = ("status", "rounds", "unstable_units", "build_s", "solve_s", "wall_s", "selfcheck_error")
+
+
+def solves(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """One entry per MIP a run solved (`SOLVE_COLUMNS`): its blocks, or its one whole-network MIP."""
+    if "blocks" in row:
+        return [{k: block[k] for k in SOLVE_COLUMNS} for block in row["blocks"]]
+    seconds = row["seconds"]
+    return [{"status": row["solver"]["status"], "rounds": row["solver"]["rounds"],
+             "unstable_units": row["unstable_units"], "build_s": seconds["build"], "solve_s": seconds["solve"],
+             "wall_s": seconds["bounds"] + seconds["build"] + seconds["solve"],
+             "selfcheck_error": row["selfcheck_error"]}]
+
+
+def table_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Flat summary of a run: configuration, accuracies (reference, pruned, random and critical at the
+    same per-layer counts, fine-tuned when done), pruned shares and sizes, and the solves' totals
+    (times summed, the largest round count and self-check error, `status` the first non-optimal one)."""
+    cfg, stats, mips = row["config"], row["stats"], solves(row)
+    statuses = [m["status"] for m in mips]
+    out = {
+        "model": cfg["model"]["name"], "width": cfg["model"]["width"], "dataset": cfg["data"]["dataset"],
+        "training": row.get("training", "end-to-end"), "mode": cfg["score"]["mode"],
+        "lambda": cfg["score"]["lambda_"], "tau": row["threshold"], "B": cfg["score"]["batch_size"],
+        "epochs": cfg["train"]["epochs"], "seed": cfg["train"]["seed"],
+        "ref_test_acc": row["reference"]["test"]["accuracy"], "pruned_test_acc": row["pruned"]["test"]["accuracy"],
+        "random_test_acc": row["random"]["test"]["accuracy"], "critical_test_acc": row["critical"]["test"]["accuracy"],
+        "ref_train_acc": row["reference"]["train"]["accuracy"], "pruned_train_acc": row["pruned"]["train"]["accuracy"],
+        "pct_neurons_pruned": stats["pct_neurons_pruned"], "pct_params_pruned": stats["pct_params_pruned"],
+        "params_compact": stats["params_compact"], "flops_compact": stats["flops_compact"],
+        "blocks": len(mips), "status": next((s for s in statuses if s != "optimal"), "optimal"),
+        "all_optimal": all(s == "optimal" for s in statuses),
+        "unstable_units": sum(m["unstable_units"] for m in mips),
+        "build_s": sum(m["build_s"] for m in mips), "solve_s": sum(m["solve_s"] for m in mips),
+        "wall_s_max": max(m["wall_s"] for m in mips), "kelley_rounds": max(m["rounds"] for m in mips),
+        "selfcheck_error": max(m["selfcheck_error"] for m in mips), "train_s": row.get("train_seconds"),
+        "source": row["source"],
+    }
+    if "finetuned" in row:
+        out["finetuned_test_acc"] = row["finetuned"]["test"]["accuracy"]
+    return out

@@ -1,0 +1,109 @@
+"""Train and score, cached: the one train-and-cache path of the CLI, notebooks, sweeps and benchmarks.
+
+Every stage is keyed in the result store by what determines it (config, weights hash, batch
+indices, versions), so rerunning a notebook, the CLI or a sweep never retrains or re-solves what
+has not changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from critneuron.catalog import dataset_record
+from critneuron.config import DataConfig, RunConfig, ScoreConfig, to_dict
+from critneuron.experiments.store import RunOutput, Store, versions
+from critneuron.mip.scores import Scores, score
+from critneuron.mip.solve import solver_version
+from critneuron.nets.data import dataset_source, load_split, mip_batch
+from critneuron.nets.models import build_model
+from critneuron.nets.train import evaluate, load_checkpoint, save_checkpoint, torch_threads, train_model
+
+TRAIN_THREADS = 1  # stored runs train single-threaded: the same config gives the same weights on any executor
+
+
+def weights_hash(model: nn.Module) -> str:
+    """SHA-256 (16 hex digits) of a model's state_dict, in order, as float64 bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().double().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def train_config(cfg: RunConfig) -> dict:
+    """The part of `cfg` that determines its trained network (the data root does not)."""
+    return {"data": to_dict(dataclasses.replace(cfg.data, root=None)), "model": to_dict(cfg.model),
+            "train": to_dict(cfg.train)}
+
+
+def train_inputs(cfg: RunConfig) -> dict:
+    """What determines a trained network besides its config: data source, torch version, threads."""
+    return {"source": dataset_source(cfg.data), "torch": torch.__version__, "torch_threads": TRAIN_THREADS}
+
+
+def trained_checkpoint(cfg: RunConfig, store: Store, progress: bool = False,
+                       device: str | None = None) -> tuple[Path, dict]:
+    """The stored checkpoint of `cfg`'s trained network (trained once; it holds the weights and
+    the initial weights `init_state`) and its metrics."""
+    config, inputs = train_config(cfg), train_inputs(cfg)
+    metrics = store.cached("train", config, lambda: _train(cfg, progress, device), **inputs)  # once, even across workers
+    return store.path("train", store.key("train", config, **inputs)) / "artifacts" / "checkpoint.pt", metrics
+
+
+def trained_model(cfg: RunConfig, store: Store, progress: bool = False) -> tuple[nn.Sequential, dict]:
+    """The trained network of `cfg` (trained once, then loaded from the store) and its metrics."""
+    path, metrics = trained_checkpoint(cfg, store, progress)
+    model, _meta = load_checkpoint(path)
+    return model.eval(), metrics
+
+
+def _train(cfg: RunConfig, progress: bool, device: str | None = None) -> RunOutput:
+    start = time.perf_counter()
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model.name, cfg.model.width, seed=cfg.train.seed)
+    train, val, test = (load_split(cfg.data, s) for s in ("train", "val", "test"))
+    augment = dataset_record(cfg.data.dataset).augment
+    with torch_threads(TRAIN_THREADS):
+        result = train_model(model, train, val, cfg.train, augment=augment, device=device, progress=progress)
+    test_acc, test_loss = evaluate(result.model, test)
+    metrics = {"test_accuracy": test_acc, "test_loss": test_loss, "best_epoch": result.best_epoch,
+               "history": result.history, "train_seconds": time.perf_counter() - start,
+               "weights_hash": weights_hash(result.model), "source": dataset_source(cfg.data), "augment": augment,
+               "sizes": {"train": len(train), "val": len(val), "test": len(test)}}
+    return checkpoint_output(result.model, cfg, result.init_state, metrics)
+
+
+def checkpoint_output(model: nn.Module, cfg: RunConfig, init_state, metrics: dict, **artifacts: bytes) -> RunOutput:
+    """A training run's stored output: `metrics`, the checkpoint (weights, initial weights,
+    configs) and any further artifacts."""
+    with tempfile.TemporaryDirectory(prefix="critneuron-") as tmp:
+        path = Path(tmp) / "checkpoint.pt"
+        save_checkpoint(path, model, cfg.model, cfg.data, cfg.train, init_state, metrics)
+        return RunOutput(result=metrics, artifacts={"checkpoint.pt": path.read_bytes(), **artifacts})
+
+
+def score_inputs(model: nn.Sequential, data: DataConfig, cfg: ScoreConfig,
+                 correct_only: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """The balanced MIP batch (x, y) of `model` on its training split, and everything that
+    determines a score besides `cfg`: weights hash, dataset, source, batch indices, versions.
+    `correct_only=False`: images need not be classified correctly (untrained networks)."""
+    x, y, indices = mip_batch(model, load_split(data, "train"), cfg.batch_size, seed=cfg.seed,
+                              correct_only=correct_only)
+    inputs = {"weights": weights_hash(model), "dataset": data.dataset, "source": dataset_source(data),
+              "batch_indices": indices.tolist(), "solver": solver_version(cfg), **versions()}
+    return x, y, inputs
+
+
+def mip_scores(model: nn.Sequential, cfg: RunConfig, store: Store, correct_only: bool = True) -> Scores:
+    """MIP scores of `model` on its balanced training batch (see `score_inputs`), solved once per key."""
+    x, y, inputs = score_inputs(model, cfg.data, cfg.score, correct_only)
+    result = store.cached("score", to_dict(cfg.score),
+                          lambda: score(model, x, y, cfg.score, inputs["batch_indices"]).to_dict(), **inputs)
+    return Scores.from_dict(result)

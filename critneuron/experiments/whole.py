@@ -1,0 +1,97 @@
+"""Whole-network runs: train (cached) → score (cached) → prune at τ → evaluate: the paper's table row.
+
+Also the sweep task over such runs (`prune_task`, `prune_sweep`).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from critneuron.catalog import dataset_record
+from critneuron.config import RunConfig, from_dict, to_dict
+from critneuron.experiments.runs import mip_scores, trained_model
+from critneuron.experiments.store import Store, versions
+from critneuron.mip.scores import Scores
+from critneuron.nets.data import SPLITS, dataset_source, load_split
+from critneuron.nets.train import evaluate, resolve_device, train_model
+from critneuron.pruning.baselines import baseline_masks
+from critneuron.pruning.masks import Masks, apply_masks, freeze_masks, masks_from_scores, pruning_stats
+
+
+def _accuracy(model: nn.Module, data) -> dict[str, float]:
+    acc, loss = evaluate(model, data)
+    return {"accuracy": acc, "loss": loss}
+
+
+def _finetune(model: nn.Sequential, masks: Masks, cfg: RunConfig, train, val) -> nn.Sequential:
+    tuned = copy.deepcopy(model)
+    freeze_masks(tuned, masks, cfg.prune.bias)
+    epochs = dataclasses.replace(cfg.train, epochs=cfg.prune.finetune_epochs)
+    return train_model(tuned, train, val, epochs, augment=dataset_record(cfg.data.dataset).augment, progress=False).model
+
+
+def evaluate_masks(model: nn.Sequential, scores: Scores, cfg: RunConfig, data: dict) -> dict[str, Any]:
+    """Reference vs pruned (no fine-tuning), random and critical at the same per-layer counts,
+    evaluated on CUDA when available (a copy of `model` goes there; `model` stays where it is)."""
+    device = resolve_device()
+    if next(model.parameters()).device != device:
+        model = copy.deepcopy(model).to(device)
+    threshold = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
+    masks = masks_from_scores(scores, threshold)
+    row: dict[str, Any] = {"threshold": threshold}
+    for name, net in (("reference", model), ("pruned", apply_masks(model, masks, cfg.prune.bias))):
+        row[name] = {"train": _accuracy(net, data["train"]), "test": _accuracy(net, data["test"])}
+    for method in ("random", "critical"):
+        like = baseline_masks(method, model, masks, seed=cfg.score.seed, scores=scores)
+        row[method] = {"test": _accuracy(apply_masks(model, like, cfg.prune.bias), data["test"])}
+    if cfg.prune.finetune_epochs:
+        tuned = _finetune(apply_masks(model, masks, cfg.prune.bias), masks, cfg, data["train"], data["val"])
+        row["finetuned"] = {"test": _accuracy(tuned, data["test"])}
+    row["stats"] = pruning_stats(model, masks)
+    row["masks"] = masks.to_dict()
+    return row
+
+
+def prune_run(cfg: RunConfig, store: Store | None = None, progress: bool = False) -> dict[str, Any]:
+    """Train (cached), score (cached), prune and evaluate one configuration; returns the table row."""
+    store = store or Store()
+    model, train_metrics = trained_model(cfg, store, progress)
+    scores = mip_scores(model, cfg, store)
+    data = {s: load_split(cfg.data, s) for s in SPLITS}
+    row = evaluate_masks(model, scores, cfg, data)
+    row.update({"config": to_dict(cfg), "source": dataset_source(cfg.data), "train_seconds": train_metrics["train_seconds"],
+                "weights_hash": train_metrics["weights_hash"], **score_columns(scores), "versions": versions()})
+    return row
+
+
+def score_columns(scores: Scores) -> dict[str, Any]:
+    """What a result row keeps of a MIP score: the scores, solver report, Kelley history, times,
+    ReLU stability counts, self-check error and batch indices."""
+    prov = scores.provenance
+    return {
+        "scores": scores.to_dict()["layers"], "solver": {k: v for k, v in prov["solver"].items() if k != "history"},
+        "kelley": prov["solver"]["history"], "seconds": prov["seconds"], "relu": prov["relu"],
+        "unstable_units": prov["unstable_units"], "selfcheck_error": prov["selfcheck_error"],
+        "batch_indices": prov["batch_indices"],
+    }
+
+
+def prune_task(config: dict) -> dict[str, Any]:
+    """Sweep task: a nested RunConfig dict in, the table row out (stages cached in the default store)."""
+    return prune_run(from_dict(RunConfig, config))
+
+
+def prune_sweep(base: dict[str, Any], grid: dict[str, list] | None = None,
+                items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A sweep of `prune_task` runs (as parsed YAML, for `sweepfile.parse_sweep`): dotted-key `base`,
+    `grid` and `items`, stored under kind "prune" like `critneuron sweep` files that use it."""
+    raw: dict[str, Any] = {"task": "critneuron.experiments.whole:prune_task", "kind": "prune", "base": base}
+    if grid:
+        raw["grid"] = grid
+    if items:
+        raw["list"] = items
+    return raw

@@ -1,0 +1,1 @@
+"""Running and publishing: sweeps on Dask, the book, reporting helpers for notebooks."""

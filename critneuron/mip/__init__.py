@@ -1,0 +1,1 @@
+"""The MIP: network specs, interval bounds, formulation, HiGHS solve, scores."""

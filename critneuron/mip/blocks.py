@@ -1,0 +1,154 @@
+"""One MIP per block of a `nets.heads.Decoupled` network: the sub-problems, their batches and
+input boxes, parallel solving, and the combined scores.
+
+Block k + head k's MIP scores Conv_k (plus the head's layers, whose scores are dropped); the
+tail's MIP scores every scored layer in it. The sub-MIPs are independent and are solved in
+parallel; each input box is the whole network's interval bounds at the block's input.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from critneuron.config import ScoreConfig
+from critneuron.errors import CritneuronError, SolveError
+from critneuron.mip.bounds import forward, interval_bounds
+from critneuron.mip.scores import Scores, score
+from critneuron.mip.spec import network_spec
+from critneuron.nets.data import TensorData, mip_batch
+from critneuron.nets.heads import Decoupled
+from critneuron.nets.models import INPUT_SHAPE
+
+
+@dataclass
+class BlockProblem:
+    """One sub-MIP: the sub-model, its batch (inputs = the prefix's outputs), the input box (the
+    whole network's interval bounds there, from the ε-box around the images) and the layers kept."""
+
+    name: str
+    sub_model: nn.Sequential
+    x: np.ndarray
+    y: np.ndarray
+    batch_indices: list[int]
+    input_box: tuple[np.ndarray, np.ndarray] | None
+    kept: list[str]
+
+
+def block_batches(net: Decoupled, data: TensorData, batch_size: int, seed: int,
+                  correct_only: bool = True) -> list[tuple]:
+    """Per sub-model, the balanced MIP batch (x, y, indices) its own classifier gets right:
+    head k's network for block k, the whole network for the tail (see `data.mip_batch`)."""
+    classifiers = [net.classifier(k) for k in range(len(net.heads))] + [net.model]
+    return [mip_batch(c, data, batch_size, seed=seed, correct_only=correct_only) for c in classifiers]
+
+
+def block_problems(net: Decoupled, batches: list[tuple], epsilon: float) -> list[BlockProblem]:
+    """The sub-MIPs of every block on its batch (`block_batches`, or one batch repeated)."""
+    model = net.eval().model.cpu()
+    net.heads.cpu()
+    spec = network_spec(model, INPUT_SHAPE)
+    names = [layer.name for layer in spec.layers]
+    images = torch.cat([b[0] for b in batches]).double().numpy()
+    bounds = interval_bounds(spec, images, epsilon)
+    values = forward(spec, images)
+    problems, offset = [], 0
+    for k, (x, y, indices) in enumerate(batches):
+        rows = slice(offset, offset + len(x))
+        offset += len(x)
+        if k == 0:
+            inputs, box = x.double().numpy(), None
+        else:
+            end = names.index(net.blocks[k - 1][-1])
+            shape = (len(x), *spec.layers[end].shape)  # a block ends with its ReLU
+            inputs = values[end][rows].reshape(shape)
+            box = (bounds.lower[end][rows].reshape(shape), bounds.upper[end][rows].reshape(shape))
+        problems.append(BlockProblem(net.names()[k], net.sub_model(k), inputs, y.numpy(),
+                                     [int(i) for i in indices], box, net.kept_layers(k)))
+    return problems
+
+
+def solve_block(problem: BlockProblem, cfg: ScoreConfig) -> Scores:
+    """Score one sub-MIP; the result keeps only the network's own layers, and its provenance
+    names the block and the head layers that were scored and dropped."""
+    start = time.perf_counter()
+    full = score(problem.sub_model, problem.x, problem.y, cfg, problem.batch_indices, problem.input_box)
+    prov = {**full.provenance, "block": problem.name, "kept_layers": problem.kept,
+            "dropped_layers": [n for n in full.layers if n not in problem.kept],
+            "wall_seconds": time.perf_counter() - start}
+    return Scores({n: full.layers[n] for n in problem.kept}, "mip", prov)
+
+
+def _solve_block_dict(problem: BlockProblem, cfg: ScoreConfig) -> dict:
+    torch.set_num_threads(1)  # workers share the cores
+    return solve_block(problem, cfg).to_dict()
+
+
+def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, workers: int = 1, progress: bool = False,
+                 done: Callable[[BlockProblem, Scores], None] | None = None) -> list[Scores]:
+    """Solve the sub-MIPs, serially (`workers` = 1) or in a process pool; results in block order.
+
+    `done(problem, scores)` is called as each one finishes (e.g. to store it), so a failure in
+    one block loses none of the others; failures are raised together at the end as `SolveError`.
+    """
+    results: dict[int, Scores] = {}
+    errors: dict[str, str] = {}
+    bar = tqdm(total=len(problems), desc="sub-MIPs", unit="block", disable=not progress)
+
+    def finish(i: int, outcome: Callable[[], Scores]) -> None:
+        try:
+            results[i] = outcome()
+        except CritneuronError as err:
+            errors[problems[i].name] = str(err)
+        except BrokenProcessPool:
+            errors[problems[i].name] = "its worker process died (out of memory? try fewer workers)"
+        else:
+            report = results[i].provenance["solver"]
+            bar.set_postfix_str(f"{problems[i].name}: {report['status']} in {results[i].provenance['wall_seconds']:.1f} s")
+            if done is not None:
+                done(problems[i], results[i])
+        if progress and problems[i].name in errors:  # said now too: a long run may be cut off before the end
+            tqdm.write(f"{problems[i].name} failed: {errors[problems[i].name]}")
+        bar.update(1)
+
+    if workers <= 1:
+        for i, problem in enumerate(problems):
+            finish(i, lambda p=problem: solve_block(p, cfg))
+    else:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_solve_block_dict, p, cfg): i for i, p in enumerate(problems)}
+            for future in as_completed(futures):
+                finish(futures[future], lambda f=future: Scores.from_dict(f.result()))
+    bar.close()
+    if errors:
+        raise SolveError("sub-MIPs failed: " + "; ".join(f"{name}: {msg}" for name, msg in errors.items()))
+    return [results[i] for i in range(len(problems))]
+
+
+def combine(block_scores: list[Scores], training: str) -> Scores:
+    """One `Scores` for the whole network from the blocks' kept scores; provenance has one row
+    per block (status, gap, times, unstable units, self-check) and how the network was trained."""
+    layers, rows = {}, []
+    for s in block_scores:
+        layers.update(s.layers)
+        prov = s.provenance
+        solver = prov["solver"]
+        rows.append({"block": prov["block"], "layers": prov["kept_layers"], "dropped": prov["dropped_layers"],
+                     "status": solver["status"], "gap": solver["gap"], "rounds": solver["rounds"],
+                     "objective": solver["objective"], "variables": solver["n_variables"],
+                     "constraints": solver["n_constraints"], "binaries": solver["n_binaries"],
+                     "bounds_s": prov["seconds"]["bounds"], "build_s": prov["seconds"]["build"],
+                     "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"],
+                     "unstable_units": prov["unstable_units"], "selfcheck_error": prov["selfcheck_error"],
+                     "batch_indices": prov["batch_indices"], "input_box": prov["input_box"]})
+    provenance = {"training": training, "blocks": rows, "config": block_scores[0].provenance["config"]}
+    return Scores(layers, "mip-decoupled", provenance)

@@ -1,0 +1,1 @@
+"""Networks and data: datasets, architectures, training, auxiliary heads."""

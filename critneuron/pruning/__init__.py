@@ -1,0 +1,1 @@
+"""Masks from scores, physical compaction, and the baseline scorers."""
