@@ -83,3 +83,11 @@ def test_paper_schedules_and_thresholds_come_from_the_records() -> None:
     assert (vgg.optimizer, vgg.lr, vgg.epochs, vgg.weight_decay) == ("sgd", 0.1, 30, 5e-4)
     assert [catalog.paper_threshold(m, d) for m, d in [("fc3", "mnist"), ("lenet5", "fashion-mnist"),
                                                        ("vgg16", "cifar10"), ("lenet5", "cifar10")]] == [0.1, 0.2, 0.3, 0.3]
+
+
+def test_paper_fine_tuning_and_transfer_schedules_per_table() -> None:
+    """PAPER_SPEC §7 (fine-tuning 1 epoch, LeNet-5 on MNIST 2) and §9.1 (LeNet-5 → CIFAR-10 at lr 0.1)."""
+    assert [catalog.paper_finetune_epochs(m, d) for m, d in [("lenet5", "mnist"), ("lenet5", "fashion-mnist"),
+                                                             ("fc3", "mnist"), ("vgg16", "cifar10")]] == [2, 1, 1, 1]
+    assert catalog.transfer_schedule("lenet5", "cifar10").lr == 0.1 and catalog.paper_schedule("lenet5", "cifar10").lr == 1e-2
+    assert catalog.transfer_schedule("fc3", "fashion-mnist") == catalog.paper_schedule("fc3", "fashion-mnist")

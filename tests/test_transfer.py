@@ -16,8 +16,11 @@ from critneuron.nets.models import build_model
 from critneuron.pruning.masks import masks_from_scores, pruning_stats
 from critneuron.experiments.store import Store
 from critneuron.catalog import model_record
-from critneuron.experiments.transfer import VARIANTS, at_init_rows, masked_weights_max, source_config, source_masks, \
+from critneuron.machinery import book
+from critneuron.experiments.transfer import VARIANTS, at_init_rows, at_init_settings, at_init_source, transfer_plan, masked_weights_max, source_config, source_masks, \
     train_masked, transfer_rows
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -73,18 +76,20 @@ def test_transfer_run_on_small_subsets(base: RunConfig, tmp_path: Path) -> None:
     assert all(r["masked_weights_max"] == 0.0 for r in rows)
     assert all(0.3 < r["test_accuracy"] <= 1 for r in rows)  # Fashion-MNIST after 1 short epoch; chance is 0.1
     assert len({r["test_accuracy"] for r in rows}) > 1
+    reference = source_config(base, "fc3", "fashion-mnist", seed=0, epochs=1)  # the ordinary experiment on B
+    assert rows[0]["test_accuracy"] == trained_model(reference, store)[1]["test_accuracy"]
     runs = len(store.ls("retrain"))
-    assert runs == 4 and transfer_rows(cfg, ["fashion-mnist"], store, epochs=1) == rows
-    assert len(store.ls("retrain")) == runs and len(store.ls("train")) == 1
+    assert runs == 3 and transfer_rows(cfg, ["fashion-mnist"], store, epochs=1) == rows
+    assert len(store.ls("retrain")) == runs and len(store.ls("train")) == 2
 
 
 def test_pruning_at_initialisation_scores_the_untrained_network(base: RunConfig, tmp_path: Path) -> None:
     store = Store(tmp_path)
-    rows = at_init_rows(base, 0, store, model="fc3", targets=["mnist"], epochs=1)
+    rows = at_init_rows(base, store, model="fc3", targets=["mnist"], epochs=1, seeds=[0])
     assert [r["variant"] for r in rows] == list(VARIANTS) and all(r["at_init"] for r in rows)
     assert {r["tau"] for r in rows} == {0.2} and 0 < rows[1]["pct_neurons_pruned"] < 100
-    train = store.read("train", store.ls("train")[0]["key"])
-    assert train["config"]["train"]["epochs"] == 0  # the scored network is the initialisation
+    epochs = sorted(store.read("train", r["key"])["config"]["train"]["epochs"] for r in store.ls("train"))
+    assert epochs == [0, 1]  # the scored network is the initialisation; the reference the ordinary run
     score = store.read("score", store.ls("score")[0]["key"])
     assert (score["config"]["lambda_"], score["config"]["batch_size"], score["config"]["epsilon"]) == (1.0, 5, 0.0)
 
@@ -102,3 +107,27 @@ def test_decoupled_source_masks_come_from_block_scores(base: RunConfig, tmp_path
     assert store.read("train", store.ls("train")[0]["key"])["config"]["training"] == "decoupled"
     assert masks["random"].n_pruned() == masks["snip"].n_pruned() == masks["mip"].n_pruned()
     assert all(torch.equal(init[k], v) for k, v in build_model("lenet5", seed=0).state_dict().items())
+
+
+def test_paper_profile_resolves_to_the_papers_transfer_schedules() -> None:
+    """PAPER_SPEC §9.1 and §9.3, from the paper profile's chapter-4 settings, without training."""
+    params = book.load_profile("paper", REPO / "notebooks").parameters["04_generalization"]
+    base = RunConfig()
+    vgg = [pair for pair in params["pairs"] if pair[0] == "vgg16"]
+    assert vgg == [["vgg16", "cifar10", "mnist"], ["vgg16", "cifar10", "fashion-mnist"]]
+    source = source_config(base, "vgg16", "cifar10", 0, params["epochs"], params["width"])
+    assert model_record("vgg16").training == "decoupled" and source.model.width == 1.0
+    assert (source.train.optimizer, source.train.lr, source.train.epochs) == ("sgd", 0.1, 30)
+    plan = transfer_plan(source, ["mnist", "fashion-mnist"], params["epochs"])
+    for target in ("mnist", "fashion-mnist"):
+        retrain, reference = plan[target]["retrain"], plan[target]["reference"]
+        assert (retrain.optimizer, retrain.lr, retrain.epochs) == ("sgd", 0.1, 30)
+        assert reference.data.dataset == target and reference.train == retrain  # the ordinary (decoupled) experiment on B
+    lenet = transfer_plan(source_config(base, "lenet5", "mnist", 0, params["epochs"]), ["cifar10"], params["epochs"])
+    assert (lenet["cifar10"]["retrain"].lr, lenet["cifar10"]["retrain"].epochs) == (0.1, 256)
+    assert lenet["cifar10"]["reference"].train.lr == 1e-2  # the CIFAR-10 reference keeps its own lr
+    settings = at_init_settings(**params["at_init"])
+    assert len(settings["seeds"]) == 5 and at_init_source(base, 0, settings).train.epochs == 0
+    at_init = transfer_plan(at_init_source(base, 0, settings), settings["targets"], settings["epochs"], at_init=True)
+    assert {t: (p["retrain"].optimizer, p["retrain"].epochs) for t, p in at_init.items()} == {
+        "mnist": ("rmsprop", 20), "fashion-mnist": ("rmsprop", 20), "cifar10": ("sgd", 256)}

@@ -39,6 +39,8 @@ class DatasetRecord:
     `loader(root, train)` returns a dataset of (PIL image, label) items. `folders` are where its
     files lie under the data root (the first is the official one). `jpeg_copy`: an offline zip of
     JPEGs (one folder per class in `class_names` order) used when the official folder is absent.
+    `transfer_schedule`: how the authors retrained a mask transferred to this dataset, where it
+    differs from `schedule` (PAPER_SPEC §9.1: LeNet-5 MNIST → CIFAR-10 at lr 0.1).
     """
 
     name: str
@@ -50,6 +52,7 @@ class DatasetRecord:
     tau: float | None = None
     jpeg_copy: str | None = None
     class_names: tuple[str, ...] = ()
+    transfer_schedule: Schedule | None = None
 
     def __post_init__(self) -> None:
         if (self.torchvision is None) == (self.loader is None):
@@ -62,7 +65,9 @@ class ModelRecord:
 
     `layers(width)` returns the named children of a flat `nn.Sequential` (3×32×32 in, 10 classes
     out). `schedule` overrides every dataset's paper schedule (VGG-16: SGD 0.1 everywhere).
-    Scored layers follow the network's structure (`nets.models.scored_layer_names`).
+    `finetune_epochs`: the paper's fine-tuning epochs after pruning, per dataset where they differ
+    from one (PAPER_SPEC §7: LeNet-5 on MNIST, 2). Scored layers follow the network's structure
+    (`nets.models.scored_layer_names`).
     """
 
     name: str
@@ -71,6 +76,7 @@ class ModelRecord:
     width_scalable: bool = False
     schedule: Schedule | None = None
     training: Training = "end-to-end"
+    finetune_epochs: tuple[tuple[str, int], ...] = ()
 
 
 _DATASETS: dict[str, DatasetRecord] = {}
@@ -119,6 +125,18 @@ def model_record(name: str) -> ModelRecord:
 def paper_schedule(model: str, dataset: str) -> Schedule:
     """The authors' schedule for `model` on `dataset`: the model's own, else the dataset's."""
     return model_record(model).schedule or dataset_record(dataset).schedule
+
+
+def transfer_schedule(model: str, dataset: str) -> Schedule:
+    """The authors' schedule for retraining a transferred mask of `model` on `dataset`: the model's
+    own, else the dataset's transfer schedule, else its paper schedule."""
+    record = dataset_record(dataset)
+    return model_record(model).schedule or record.transfer_schedule or record.schedule
+
+
+def paper_finetune_epochs(model: str, dataset: str) -> int:
+    """The authors' fine-tuning epochs after pruning `model` on `dataset` (1 unless the model's record says)."""
+    return dict(model_record(model).finetune_epochs).get(dataset, 1)
 
 
 def paper_threshold(model: str, dataset: str) -> float:
