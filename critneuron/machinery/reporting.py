@@ -1,5 +1,6 @@
-"""Tables and plots the chapters share, so notebooks stay thin: mean ± std tables, accuracy bars,
-long frames of scores, and the summary columns of a pruning run (`experiments.rows.table_row`)."""
+"""Tables and plots the chapters share, so notebooks stay thin: pruning-run tables from sweeps,
+mean ± std tables, accuracy bars, long frames of scores, and the summary columns of a pruning run
+(`experiments.rows.table_row`)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,29 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from critneuron.experiments.rows import table_row
+from critneuron.experiments.store import Store
+from critneuron.experiments.whole import prune_sweep
+from critneuron.machinery.sweep import collect
+from critneuron.machinery.sweepfile import parse_sweep
+
 SUMMARY_COLUMNS = ("model", "width", "dataset", "training", "seed", "mode", "tau", "ref_test_acc",
                    "pruned_test_acc", "pct_neurons_pruned", "pct_params_pruned", "random_test_acc",
                    "critical_test_acc", "finetuned_test_acc", "unstable_units", "build_s", "solve_s",
                    "kelley_rounds", "status", "selfcheck_error", "source")
 ACCURACY_COLUMNS = ("ref_test_acc", "pruned_test_acc", "random_test_acc", "critical_test_acc",
                     "finetuned_test_acc")
+
+
+def sweep_rows(store: Store, base: dict[str, Any], grid: dict[str, list] | None = None,
+               items: list[dict[str, Any]] | None = None) -> list[dict]:
+    """The stored (or newly run) whole-network pruning runs of a sweep (`experiments.whole.prune_sweep`)."""
+    return collect(parse_sweep(prune_sweep(base, grid, items)), store)
+
+
+def run_table(rows: Sequence[dict]) -> pd.DataFrame:
+    """One `table_row` per run (whole-network or decoupled)."""
+    return pd.DataFrame([table_row(row) for row in rows])
 
 
 def present(table: pd.DataFrame, columns: Sequence[str]) -> list[str]:
