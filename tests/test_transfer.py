@@ -85,7 +85,7 @@ def test_pruning_at_initialisation_scores_the_untrained_network(base: RunConfig,
     train = store.read("train", store.ls("train")[0]["key"])
     assert train["config"]["train"]["epochs"] == 0  # the scored network is the initialisation
     score = store.read("score", store.ls("score")[0]["key"])
-    assert (score["config"]["lambda_"], score["config"]["batch_size"], score["config"]["epsilon"]) == (1.0, 5, 0.0)
+    assert (score["config"]["lambda_"], score["config"]["batch_size"], score["config"]["epsilon"]) == (1.0, 5, 1e-5)
 
 
 def test_decoupled_source_masks_come_from_block_scores(base: RunConfig, tmp_path: Path) -> None:
