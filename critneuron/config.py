@@ -15,6 +15,8 @@ from typing import Any, Literal, Mapping, TypeVar, Union
 SCHEMA_VERSION = 1
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "kmnist")
+BatchRule = Literal["random", "authors"]
+BATCH_RULES: tuple[str, ...] = typing.get_args(BatchRule)
 MODELS = ("fc3", "fc4", "lenet5", "vgg16")
 
 
@@ -131,7 +133,7 @@ class ScoreConfig:
     mip_gap: float = field(default=1e-4, metadata={"help": "relative MIP gap"})
     threads: int = field(default=1, metadata={"help": "solver threads"})
     seed: int = field(default=0, metadata={"help": "seed of batch choice and solver"})
-    batch_rule: Literal["random", "authors"] = field(default="random", metadata={
+    batch_rule: BatchRule = field(default="random", metadata={
         "help": "MIP batch: random (seeded draw of correctly classified training-split images per class) or "
                 "authors (their deterministic pick: the last fully-correct balanced chunk of the full training set)"})
     solver: str = field(default="appsi_highs", metadata={"help": "Pyomo solver name (appsi_highs is persistent)"})
@@ -150,7 +152,7 @@ class ScoreConfig:
         _check_choice("mode", self.mode, ("exact", "relaxed"))
         _check_choice("first_lp", self.first_lp, ("simplex", "ipm"))
         _check_choice("loss", self.loss, ("ce", "margin"))
-        _check_choice("batch_rule", self.batch_rule, ("random", "authors"))
+        _check_choice("batch_rule", self.batch_rule, BATCH_RULES)
         _check_positive("lambda", self.lambda_, allow_zero=True)
         _check_positive("epsilon", self.epsilon, allow_zero=True)
         _check_positive("batch_size", self.batch_size)

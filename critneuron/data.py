@@ -26,11 +26,10 @@ from torch import nn
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
-from critneuron.config import ConfigError, CritneuronError, DataConfig, DatasetMissingError
+from critneuron.config import BATCH_RULES, BatchRule, ConfigError, CritneuronError, DataConfig, DatasetMissingError
 from critneuron.models import evaluating
 
 SPLITS = ("train", "val", "test")
-BATCH_RULES = ("random", "authors")
 AUTHORS_LOADER_BATCH = 100  # their balanced "val" loader's batch size
 NUM_CLASSES = 10
 AUGMENTED_DATASETS = ("cifar10",)
@@ -380,8 +379,8 @@ def authors_mip_batch(
     chunk, typically items 80-89 of the last batch. Exact score ties are assumed where their float
     sums of 1 - p might differ in the last bit. CIFAR-10 images are served unaugmented (their
     loader applies the random training augmentation). B > 10 repeats classes, which their
-    balance check refuses. Returns (x float B×3×32×32, y, indices into
-    the official split), like `mip_batch`.
+    balance check refuses. Returns (x float B×3×32×32, y, indices into the official split), like
+    `mip_batch`.
     """
     order = balanced_order(data.labels)
     device = next(model.parameters()).device
@@ -406,7 +405,7 @@ def authors_mip_batch(
 
 
 def select_mip_batch(
-    rule: str, model: nn.Module, cfg: DataConfig, batch_size: int = 10, seed: int = 0, correct_only: bool = True
+    rule: BatchRule, model: nn.Module, cfg: DataConfig, batch_size: int = 10, seed: int = 0, correct_only: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The MIP batch of `cfg`'s dataset by `rule` (`BATCH_RULES`): "random" = `mip_batch` on the
     training split (seeded by `seed`, `correct_only` as there), "authors" = `authors_mip_batch`
