@@ -31,6 +31,7 @@ from critneuron.models import evaluating
 
 SPLITS = ("train", "val", "test")
 AUTHORS_LOADER_BATCH = 100  # their balanced "val" loader's batch size
+_AUTHORS_BLOCK = 2000  # images classified at once while searching for their MIP batch
 NUM_CLASSES = 10
 AUGMENTED_DATASETS = ("cifar10",)
 CIFAR10_CLASSES = (
@@ -384,18 +385,18 @@ def authors_mip_batch(
     """
     order = balanced_order(data.labels)
     device = next(model.parameters()).device
-    best, best_start = -1, None
+    starts = [b + o for b in range(0, len(order), loader_batch) for o in range(0, loader_batch - batch_size + 1, batch_size)
+              if o + batch_size < min(loader_batch, len(order) - b)]
+    best, best_start, hits, hits_from = -1, None, None, len(order)
     with evaluating(model):
-        for begin in reversed(range(0, len(order), loader_batch)):  # from the end: stop at a fully-correct chunk
-            batch = order[begin : begin + loader_batch]
-            hits = (model(data.x(batch).to(device)).argmax(dim=1).cpu() == data.y(batch)).long()
-            offsets = [o for o in range(0, loader_batch - batch_size + 1, batch_size) if o + batch_size < len(batch)]
-            for offset in reversed(offsets):
-                correct = int(hits[offset : offset + batch_size].sum())
-                if correct > best:
-                    best, best_start = correct, begin + offset
-                if best == batch_size:
-                    break
+        for start in reversed(starts):  # from the end: the first fully-correct chunk found is the answer
+            if start < hits_from:  # classify the next stretch of the loader, a block of batches at a time
+                hits_from = max(0, start + batch_size - _AUTHORS_BLOCK)
+                stretch = order[hits_from : start + batch_size]
+                hits = model(data.x(stretch).to(device)).argmax(dim=1).cpu() == data.y(stretch)
+            correct = int(hits[start - hits_from : start - hits_from + batch_size].sum())
+            if correct > best:
+                best, best_start = correct, start
             if best == batch_size:
                 break
     if best_start is None:
