@@ -5,9 +5,9 @@ or Conv2d output channel, higher = more important, deterministic for a given see
 The `BASELINES` masks prune exactly as many units per layer as a reference mask (usually the
 MIP's), so only the choice of units differs; "snip" there is ours (neuron-level SNIP on the
 network it is given, at the MIP's counts). The authors' own rules are separate and named so:
-`random_authors_masks` ("random-authors": draws with replacement among the units the MIP scored
-> 0, so it may prune fewer) and `snip_authors_masks` ("snip-authors": their SNIP port, with its
-own keep rule of 45 % of all neurons).
+`random_authors_masks` ("random-authors": draws with replacement among the units with a MIP
+score above 0, so it may prune fewer) and `snip_authors_masks` ("snip-authors": their SNIP
+port, with its own keep rule of 45 % of all neurons).
 
 May import: config, data, models, train, scores, prune, spec.
 """
