@@ -23,6 +23,7 @@ Mode = Literal["exact", "relaxed"]
 Loss = Literal["ce", "margin"]
 FirstLP = Literal["simplex", "ipm"]
 Bias = Literal["keep-bias", "remove"]
+BatchRule = Literal["random", "authors"]
 
 
 def choices(cls: type, name: str) -> tuple:
@@ -128,6 +129,9 @@ class ScoreConfig:
     mip_gap: float = field(default=1e-4, metadata={"help": "relative MIP gap"})
     threads: int = field(default=1, metadata={"help": "solver threads"})
     seed: int = field(default=0, metadata={"help": "seed of batch choice and solver"})
+    batch_rule: BatchRule = field(default="random", metadata={
+        "help": "MIP batch: random (seeded draw of correctly classified training-split images per class) or "
+                "authors (their deterministic pick: the last fully-correct balanced chunk of the full training set)"})
     solver: str = field(default="appsi_highs", metadata={"help": "Pyomo solver name (appsi_highs is persistent)"})
     kelley_tol: float = field(default=1e-6, metadata={"help": "stop when max_b LSE(z_b) - t_b <= this"})
     max_rounds: int = field(default=100, metadata={"help": "maximum Kelley rounds"})
@@ -141,7 +145,7 @@ class ScoreConfig:
                 "faster on large LPs such as deep VGG blocks); later Kelley rounds hot-start with simplex"})
 
     def __post_init__(self) -> None:
-        for name in ("mode", "first_lp", "loss"):
+        for name in ("mode", "first_lp", "loss", "batch_rule"):
             _check_choice(name, getattr(self, name), choices(ScoreConfig, name))
         _check_positive("lambda", self.lambda_, allow_zero=True)
         _check_positive("epsilon", self.epsilon, allow_zero=True)

@@ -14,22 +14,26 @@ from torch.func import functional_call
 
 from critneuron.pruning.baselines import (
     BASELINES,
+    RANDOM_AUTHORS,
     activation_scores,
     baseline_masks,
     baseline_scores,
     critical_scores,
     magnitude_scores,
+    random_authors_masks,
     random_scores,
     relu_after,
+    snip_authors_masks,
+    snip_authors_scores,
     snip_batch,
     snip_scores,
 )
-from critneuron.errors import ConfigError, UnsupportedLayerError
-from critneuron.nets.data import TensorData
-from critneuron.nets.models import build_model
-from critneuron.pruning.masks import Masks, masks_from_scores, unit_count
+from critneuron.config import DataConfig
+from critneuron.errors import ConfigError, CritneuronError, UnsupportedLayerError
 from critneuron.mip.scores import Scores
-from critneuron.nets.models import scored_layer_names
+from critneuron.nets.data import TensorData, load_split
+from critneuron.nets.models import build_model, scored_layer_names
+from critneuron.pruning.masks import Masks, masks_from_scores, unit_count
 
 SCORERS = ["random", "magnitude-l1", "magnitude-l2", "snip", "activation"]
 
@@ -181,3 +185,78 @@ def test_snip_batch_is_a_seeded_minibatch_of_128() -> None:
     assert x.shape == (128, 3, 32, 32) and y.shape == (128,)
     assert torch.equal(x, snip_batch(train, seed=1)[0]) and not torch.equal(y, snip_batch(train, seed=2)[1])
     assert len(set(y.tolist())) == 10
+
+
+def test_snip_authors_scores_match_their_port() -> None:
+    """Xavier-normal weights (seeded), biases as given, nll_loss on raw logits, |dL/dm| summed per
+    unit and normalised by the total over every Conv2d/Linear layer, the output layer included."""
+    model = build_model("lenet5", seed=5)
+    x, y = batch(16)
+    got = snip_authors_scores(model, x, y, seed=7)
+    net = build_model("lenet5", seed=5)
+    generator = torch.Generator().manual_seed(7)
+    names = ["conv1", "conv2", "fc1", "fc2", "fc3"]
+    with torch.no_grad():
+        for name in names:
+            nn.init.xavier_normal_(getattr(net, name).weight, generator=generator)
+    params = dict(net.named_parameters())
+    masks = {k: torch.ones_like(params[f"{k}.weight"], requires_grad=True) for k in names}
+    masked = {k: v * masks[k.removesuffix(".weight")] if k.removesuffix(".weight") in masks else v
+              for k, v in params.items()}
+    loss = -functional_call(net, masked, (x,)).gather(1, y[:, None]).mean()  # nll_loss on logits
+    grads = dict(zip(names, torch.autograd.grad(loss, list(masks.values()))))
+    sums = {k: g.abs().flatten(1).sum(dim=1).double() for k, g in grads.items()}
+    total = sum(v.sum() for v in sums.values())
+    assert list(got.layers) == names[:-1] and got.method == "snip-authors"
+    for name in names[:-1]:
+        assert np.allclose(got.layers[name], (sums[name] / total).numpy(), rtol=1e-5, atol=1e-12)
+    assert np.allclose(got.provenance["output_scores"], (sums["fc3"] / total).numpy(), rtol=1e-5, atol=1e-12)
+    assert not np.allclose(got.layers["fc1"], snip_authors_scores(model, x, y, seed=8).layers["fc1"])
+    assert torch.equal(model.conv1.weight, build_model("lenet5", seed=5).conv1.weight)  # a copy was changed
+
+
+def test_snip_authors_masks_keep_45_percent_of_all_units_globally() -> None:
+    model = build_model("lenet5", seed=0)
+    x, y = batch(32)
+    scores = snip_authors_scores(model, x, y, seed=1)
+    masks = snip_authors_masks(model, x, y, seed=1)
+    every = np.concatenate([*scores.layers.values(), scores.provenance["output_scores"]])
+    assert len(every) == 6 + 16 + 120 + 84 + 10
+    threshold = np.sort(every)[-math.floor(0.45 * len(every))]
+    n_output_kept = int((np.asarray(scores.provenance["output_scores"]) >= threshold).sum())
+    assert sum(len(k) for k in masks.kept.values()) + n_output_kept == math.floor(0.45 * 236)  # no ties
+    for name, values in scores.layers.items():
+        assert all(values[i] >= threshold for i in masks.kept[name])
+        assert all(values[i] < threshold for i in masks.pruned(name))
+    assert masks == snip_authors_masks(model, x, y, seed=1)
+    assert sum(len(k) for k in snip_authors_masks(model, x, y, seed=1, keep=0.9).kept.values()) > 200
+    with pytest.raises(ConfigError, match="keep ratio"):
+        snip_authors_masks(model, x, y, keep=0.0)
+
+
+def test_snip_authors_runs_on_a_real_mnist_batch(shared_data_root) -> None:
+    train = load_split(DataConfig(dataset="mnist", root=str(shared_data_root), subset=2000), "train")
+    x, y = snip_batch(train, seed=0)
+    masks = snip_authors_masks(build_model("lenet5", seed=0), x, y, seed=0)
+    kept = sum(len(k) for k in masks.kept.values())
+    assert 0 < kept <= math.floor(0.45 * 236) and masks.sizes == {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}
+
+
+def test_random_authors_draws_with_replacement_among_positive_scores() -> None:
+    scores = Scores(layers={"fc1": np.array([0.0, 0.5, 0.0, 0.9, 0.2, 0.0]), "fc2": np.array([0.3, 0.0, 0.4])},
+                    method="mip")
+    like = masks_from_scores(scores, 0.1)  # prunes 3 units of fc1 and 1 of fc2
+    draws = [random_authors_masks(scores, like, seed) for seed in range(40)]
+    for masks in draws:
+        for name in like.sizes:
+            assert set(masks.pruned(name)) <= set(np.flatnonzero(scores.layers[name] > 0))
+            assert 1 <= len(masks.pruned(name)) <= like.n_pruned()[name]
+    assert any(len(m.pruned("fc1")) < 3 for m in draws)  # repeats: fewer units than the MIP prunes
+    assert len({tuple(m.pruned("fc1")) for m in draws}) > 1
+    assert draws[3] == random_authors_masks(scores, like, 3)
+    assert baseline_masks(RANDOM_AUTHORS, hand_net(), like, seed=3, scores=scores) == draws[3]
+    with pytest.raises(ConfigError, match="'random-authors' needs scores"):
+        baseline_masks(RANDOM_AUTHORS, hand_net(), like)
+    dead = Scores(layers={"fc1": np.zeros(6), "fc2": np.array([0.3, 0.0, 0.4])}, method="mip")
+    with pytest.raises(CritneuronError, match="fc1 must lose 6 units but none scored > 0"):
+        random_authors_masks(dead, masks_from_scores(dead, 0.1), 0)

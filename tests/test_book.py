@@ -57,7 +57,7 @@ def test_smoke_book_builds_every_chapter_with_tables_and_figure(tmp_path: Path) 
     assert index == book_dir / "_build" / "html" / "index.html" and index.is_file()
     assert digest(NOTEBOOKS) == before
     html = book_dir / "_build" / "html"
-    for page in ("intro", "reproducibility", "code"):
+    for page in ("intro", "deviations", "reproducibility", "code"):
         assert (html / f"{page}.html").is_file()
     stems = [nb.stem for nb in book.list_notebooks(NOTEBOOKS)]
     for stem in stems:

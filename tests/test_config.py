@@ -16,6 +16,7 @@ from critneuron.errors import ConfigError
     ("make", "message"),
     [
         (lambda: ScoreConfig(mode="exakt"), "mode must be one of 'exact', 'relaxed', got 'exakt'"),
+        (lambda: ScoreConfig(batch_rule="first"), "batch_rule must be one of 'random', 'authors', got 'first'"),
         (lambda: DataConfig(dataset="imagenet"), "dataset must be one of 'mnist', .*got 'imagenet'"),
         (lambda: DataConfig(val_fraction=1.0), r"val_fraction must be in \[0, 1\), got 1.0"),
         (lambda: DataConfig(subset=0), "subset must be > 0, got 0"),

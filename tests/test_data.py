@@ -16,12 +16,14 @@ from torch import nn
 from torchvision import transforms
 
 from critneuron.catalog import dataset_record
-from critneuron.config import DataConfig
-from critneuron.errors import CritneuronError, DatasetMissingError
+from critneuron.config import DataConfig, ScoreConfig
+from critneuron.errors import ConfigError, CritneuronError, DatasetMissingError
 from critneuron.nets.data import (
     SOURCE_JPEG_COPY, SOURCE_TORCHVISION, augment_batch, cache_dir, data_root,
-    dataset_source, iterate_batches, load_split, mip_batch,
+    authors_mip_batch, balanced_order, dataset_source, full_train_set, iterate_batches, load_split, mip_batch,
+    select_mip_batch,
 )
+from critneuron.experiments.runs import score_inputs
 
 AUTHORS_TRANSFORM = transforms.Compose(
     [transforms.Resize((32, 32)), transforms.Grayscale(num_output_channels=3), transforms.ToTensor()]
@@ -211,3 +213,61 @@ def test_mip_batch_balanced_correct_and_seeded(lenet5_mnist, mnist_subset: dict)
     assert len(set(indices.tolist())) == 20 and set(indices.tolist()) <= set(train.indices.tolist())
     assert torch.equal(mip_batch(model, train, batch_size=20, seed=0)[2], indices)
     assert not torch.equal(mip_batch(model, train, batch_size=20, seed=1)[2], indices)
+
+
+@pytest.fixture(scope="module")
+def mnist_full(shared_data_root: Path):
+    return full_train_set(DataConfig(dataset="mnist", root=str(shared_data_root)))
+
+
+def test_balanced_order_is_the_authors_loader(mnist_full) -> None:
+    """Item i: class i % 10, the (i mod n_c)-th image of that class in dataset order."""
+    labels = mnist_full.labels
+    assert len(mnist_full) == 60_000 and torch.equal(mnist_full.indices, torch.arange(60_000))
+    order = balanced_order(labels)
+    assert torch.equal(labels[order], torch.arange(60_000) % 10)
+    fives = torch.nonzero(labels == 5).flatten()  # 5,421 images: the loader wraps around this class
+    for i in (5, 15, 54_215, 59_995):
+        assert order[i] == fives[i % len(fives)]
+    assert order[0] == torch.nonzero(labels == 0).flatten()[0]
+
+
+def test_authors_mip_batch_is_the_last_fully_correct_chunk(lenet5_mnist, mnist_full) -> None:
+    model = lenet5_mnist.model.eval()
+    x, y, indices = authors_mip_batch(model, mnist_full)
+    order = balanced_order(mnist_full.labels)
+    with torch.no_grad():
+        hits = torch.cat([model(mnist_full.x(order[i : i + 5000])).argmax(1) == mnist_full.labels[order[i : i + 5000]]
+                          for i in range(0, 60_000, 5000)])
+    chunks = [b + o for b in range(0, 60_000, 100) for o in range(0, 90, 10)]  # the chunk ending at 100 never
+    last = [c for c in chunks if hits[c : c + 10].all()][-1]
+    assert torch.equal(indices, order[last : last + 10]) and y.tolist() == list(range(10))
+    assert torch.equal(x, mnist_full.x(order[last : last + 10]))
+    with torch.no_grad():
+        assert torch.equal(model(x).argmax(1), y)
+    assert torch.equal(authors_mip_batch(model, mnist_full)[2], indices)  # deterministic
+
+
+def test_authors_mip_batch_falls_back_to_the_most_accurate_chunk(mnist_full) -> None:
+    """An untrained-like net right on class 0 only: no chunk is fully correct, so among chunks with
+    one hit (those holding class 0) the last in loader order wins; B = 5 gives classes 0-4 or 5-9."""
+    always_zero = nn.Sequential(nn.Flatten(), nn.Linear(3072, 10))
+    nn.init.zeros_(always_zero[1].weight)
+    with torch.no_grad():
+        always_zero[1].bias.copy_(torch.arange(10, 0, -1).float())
+    _, y, indices = authors_mip_batch(always_zero, mnist_full, batch_size=5)
+    assert y.tolist() == [0, 1, 2, 3, 4] and torch.equal(indices, balanced_order(mnist_full.labels)[59_990:59_995])
+
+
+def test_select_mip_batch_by_rule(lenet5_mnist, shared_data_root: Path) -> None:
+    cfg = DataConfig(dataset="mnist", root=str(shared_data_root), subset=2000)
+    model = lenet5_mnist.model
+    _, _, authors = select_mip_batch("authors", model, cfg, 10, seed=0)
+    assert torch.equal(authors, select_mip_batch("authors", model, cfg, 10, seed=3)[2])  # no seed involved
+    assert torch.equal(authors, authors_mip_batch(model, full_train_set(cfg))[2])  # the full set, not the subset
+    _, _, drawn = select_mip_batch("random", model, cfg, 10, seed=0)
+    assert torch.equal(drawn, mip_batch(model, load_split(cfg, "train"), 10, seed=0)[2])
+    rule = ScoreConfig(batch_rule="authors")  # what a run selects
+    assert score_inputs(model, cfg, rule)[2]["batch_indices"] == authors.tolist()
+    with pytest.raises(ConfigError, match="batch_rule must be one of 'random', 'authors', got 'last'"):
+        select_mip_batch("last", model, cfg)

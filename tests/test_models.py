@@ -8,7 +8,7 @@ from torch import nn
 
 from critneuron.catalog import model_names
 from critneuron.errors import ConfigError
-from critneuron.nets.models import build_model
+from critneuron.nets.models import build_model, conv_bias_bound, init_weights
 
 PARAMETERS = {"fc3": 953_010, "fc4": 645_810, "lenet5": 62_006, "vgg16": 14_982_474}
 
@@ -59,13 +59,37 @@ def test_initialisation() -> None:
     assert abs(conv.std().item() - 0.02) < 0.001 and abs(conv.mean().item()) < 0.001
     fc1 = model.fc1.weight
     assert abs(fc1.std().item() - (2 / fc1.shape[1]) ** 0.5) < 0.01  # Kaiming normal, fan in
-    assert all(torch.all(m.bias == 0) for m in model if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert all(torch.all(m.bias == 0) for m in model if isinstance(m, nn.Linear))
+
+
+def test_conv_biases_keep_pytorchs_default_uniform_initialisation() -> None:
+    """The authors' weights_init zeroes Linear biases only; conv biases are U(±1/√fan_in)."""
+    model = build_model("lenet5", seed=1)
+    for conv, fan_in in ((model.conv1, 3 * 25), (model.conv2, 6 * 25)):
+        bound = fan_in ** -0.5
+        assert conv_bias_bound(conv) == pytest.approx(bound)
+        assert torch.all(conv.bias != 0) and torch.all(conv.bias.abs() <= bound)
+    biases = torch.cat([m.bias for m in build_model("vgg16", width=0.5) if isinstance(m, nn.Conv2d)])
+    assert biases.min() < 0 < biases.max() and len(biases.unique()) == len(biases)
+
+
+def test_affine_batchnorm_initialisation() -> None:
+    bn = nn.BatchNorm1d(4096)
+    init_weights(nn.Sequential(bn), torch.Generator().manual_seed(0))
+    assert abs(bn.weight.mean().item() - 1) < 0.002 and abs(bn.weight.std().item() - 0.02) < 0.002
+    assert torch.all(bn.bias == 0)
 
 
 def test_seeded_initialisation() -> None:
-    first, again, other = (build_model("lenet5", seed=s).state_dict() for s in (3, 3, 4))
+    """Every parameter, conv biases included, comes from the seed, not from torch's global RNG."""
+    states = []
+    for seed, global_seed in ((3, 0), (3, 1), (4, 0)):
+        torch.manual_seed(global_seed)
+        states.append(build_model("lenet5", seed=seed).state_dict())
+    first, again, other = states
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["conv1.weight"], other["conv1.weight"])
+    assert not torch.equal(first["conv1.bias"], other["conv1.bias"])
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from critneuron.config import DataConfig, RunConfig, ScoreConfig, to_dict
 from critneuron.experiments.store import RunOutput, Store, versions
 from critneuron.mip.scores import Scores, score
 from critneuron.mip.solve import solver_version
-from critneuron.nets.data import dataset_source, load_split, mip_batch
+from critneuron.nets.data import dataset_source, load_split, select_mip_batch
 from critneuron.nets.models import build_model
 from critneuron.nets.train import evaluate, load_checkpoint, save_checkpoint, torch_threads, train_model
 
@@ -91,11 +91,12 @@ def checkpoint_output(model: nn.Module, cfg: RunConfig, init_state, metrics: dic
 
 def score_inputs(model: nn.Sequential, data: DataConfig, cfg: ScoreConfig,
                  correct_only: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The balanced MIP batch (x, y) of `model` on its training split, and everything that
-    determines a score besides `cfg`: weights hash, dataset, source, batch indices, versions.
-    `correct_only=False`: images need not be classified correctly (untrained networks)."""
-    x, y, indices = mip_batch(model, load_split(data, "train"), cfg.batch_size, seed=cfg.seed,
-                              correct_only=correct_only)
+    """The balanced MIP batch (x, y) of `model` chosen by `cfg.batch_rule` (`data.select_mip_batch`),
+    and everything that determines a score besides `cfg`: weights hash, dataset, source, batch
+    indices, versions. `correct_only=False`: images need not be classified correctly (untrained
+    networks; the random rule only)."""
+    x, y, indices = select_mip_batch(cfg.batch_rule, model, data, cfg.batch_size, seed=cfg.seed,
+                                     correct_only=correct_only)
     inputs = {"weights": weights_hash(model), "dataset": data.dataset, "source": dataset_source(data),
               "batch_indices": indices.tolist(), "solver": solver_version(cfg), **versions()}
     return x, y, inputs

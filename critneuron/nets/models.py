@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections import OrderedDict
 from typing import Iterator
 
@@ -14,20 +15,33 @@ from critneuron.catalog import model_names, model_record
 from critneuron.catalog.architectures import INPUT_SHAPE, NUM_CLASSES
 from critneuron.errors import ConfigError
 
-__all__ = ["INPUT_SHAPE", "NUM_CLASSES", "build_model", "evaluating", "init_weights", "scored_layer_names"]
+__all__ = ["INPUT_SHAPE", "NUM_CLASSES", "build_model", "conv_bias_bound", "evaluating", "init_weights",
+           "scored_layer_names"]
 
 
 def init_weights(model: nn.Module, generator: torch.Generator) -> None:
-    """Conv weights ~ N(0, 0.02), Linear weights Kaiming-normal; all biases zero."""
+    """The authors' `weights_init`, every draw from `generator`: Conv2d weights ~ N(0, 0.02) and
+    biases PyTorch's default U(±1/√fan_in) (their code leaves conv biases as constructed); Linear
+    weights Kaiming-normal, biases 0; affine BatchNorm weights ~ N(1, 0.02), biases 0."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.init.normal_(module.weight, 0.0, 0.02, generator=generator)
+            if module.bias is not None:
+                bound = conv_bias_bound(module)
+                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
         elif isinstance(module, nn.Linear):
             nn.init.kaiming_normal_(module.weight, generator=generator)
-        else:
-            continue
-        if module.bias is not None:
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.affine:
+            nn.init.normal_(module.weight, 1.0, 0.02, generator=generator)
             nn.init.zeros_(module.bias)
+
+
+def conv_bias_bound(conv: nn.Conv2d) -> float:
+    """1/√fan_in: the half-width of PyTorch's default uniform initialisation of a conv bias."""
+    fan_in = conv.weight[0].numel()
+    return 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
 
 
 def build_model(name: str, width: float = 1.0, seed: int = 0) -> nn.Sequential:

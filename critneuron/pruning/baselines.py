@@ -2,13 +2,18 @@
 
 Every scorer returns `Scores` keyed by `scored_layer_names(model)`, one value per Linear neuron
 or Conv2d output channel, higher = more important, deterministic for a given seed and batch.
-Baseline masks prune the same number of units per layer as a reference mask (usually the
-MIP's), so only the choice of units differs.
+The `BASELINES` masks prune exactly as many units per layer as a reference mask (usually the
+MIP's), so only the choice of units differs; "snip" there is ours (neuron-level SNIP on the
+network it is given, at the MIP's counts). The authors' own rules are separate and named so:
+`random_authors_masks` ("random-authors": draws with replacement among the units with a MIP
+score above 0, so it may prune fewer) and `snip_authors_masks` ("snip-authors": their SNIP
+port, with its own keep rule of 45 % of all neurons).
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable
 
 import numpy as np
@@ -16,14 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from critneuron.errors import ConfigError, UnsupportedLayerError
+from critneuron.errors import ConfigError, CritneuronError, UnsupportedLayerError
 from critneuron.nets.data import TensorData, iterate_batches
 from critneuron.pruning.masks import Masks, masks_with_counts, unit_count
 from critneuron.mip.scores import Scores
 from critneuron.nets.models import scored_layer_names
 
 BASELINES = ("random", "critical", "magnitude-l1", "magnitude-l2", "snip", "activation")
+RANDOM_AUTHORS = "random-authors"
+SNIP_AUTHORS = "snip-authors"
 SNIP_BATCH_SIZE = 128
+SNIP_AUTHORS_KEEP = 0.45  # compress_snip.py --keep
 
 
 def _scored(model: nn.Sequential) -> dict[str, nn.Module]:
@@ -49,11 +57,14 @@ def magnitude_scores(model: nn.Sequential, p: int = 1) -> Scores:
 
 
 def snip_scores(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> Scores:
-    """SNIP connection sensitivity summed per unit: sum_j |w_j * dL/dw_j| over its incoming weights.
+    """Our neuron-level SNIP ("snip"): connection sensitivity summed per unit, sum_j |w_j * dL/dw_j|
+    over its incoming weights, of `model` as given (in the transfer chapter: the network the MIP
+    scored), for use at the MIP's per-layer counts.
 
     |dL/dm_w| of SNIP's connection mask m (at m = 1) is |w * dL/dw|. L is the real cross-entropy
-    (NLL of log-softmax) on one training minibatch of 128 (`snip_batch`), as in the authors' port;
-    the network is evaluated in eval mode (BatchNorm running stats) on a copy of `model`.
+    (NLL of log-softmax) on one training minibatch of 128 (`snip_batch`); the network is evaluated
+    in eval mode (BatchNorm running stats) on a copy of `model`. Unlike the authors' port
+    (`snip_authors_scores`) the weights are not re-initialised and the output layer is not scored.
     """
     net = copy.deepcopy(model).eval()
     modules = _scored(net)
@@ -65,6 +76,62 @@ def snip_scores(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor) -> Score
         for (name, module), grad in zip(modules.items(), grads)
     }
     return Scores(layers=layers, method="snip", provenance={"batch_size": len(y)})
+
+
+def _output_layer(model: nn.Sequential) -> str:
+    """The name of the last Linear/Conv2d child (the output layer, never scored by the MIP)."""
+    return [name for name, m in model.named_children() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+
+
+def snip_authors_scores(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> Scores:
+    """The authors' SNIP port (`related_pruning/snip.py`, neuron mode) on a copy of `model`.
+
+    Every Conv2d/Linear weight, the output layer's included, is re-initialised Xavier-normal
+    (from `torch.Generator().manual_seed(seed)`, in model order), biases are kept as given (pass
+    the network at its initialisation, as they do), and the loss is `nll_loss` on the raw logits,
+    -mean(logit_y), as in their code. A unit's score is sum_j |dL/dm_j| over its incoming weights
+    divided by the sum over all units of all those layers. The network runs in training mode, as
+    their freshly built copy does (this matters only with BatchNorm). `Scores.layers` holds the
+    MIP's scored layers; `provenance["output_scores"]` the output layer's units, which count in
+    the keep rule of `snip_authors_masks`.
+    """
+    net = copy.deepcopy(model).train()
+    generator = torch.Generator().manual_seed(seed)
+    layers = {name: m for name, m in net.named_children() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    with torch.no_grad():
+        for module in layers.values():
+            nn.init.xavier_normal_(module.weight, generator=generator)
+    device = next(net.parameters()).device
+    loss = F.nll_loss(net(x.to(device)), y.to(device))
+    grads = torch.autograd.grad(loss, [module.weight for module in layers.values()])
+    sums = {name: (m.weight * g).abs().flatten(1).sum(dim=1).detach().double().cpu()
+            for (name, m), g in zip(layers.items(), grads)}
+    total = float(sum(v.sum() for v in sums.values()))
+    values = {name: (v / total).numpy() for name, v in sums.items()}
+    output = _output_layer(net)
+    scored = scored_layer_names(net)
+    return Scores(layers={name: values[name] for name in scored}, method=SNIP_AUTHORS,
+                  provenance={"batch_size": len(y), "seed": seed, "loss": "nll_loss on logits",
+                              "init": "xavier_normal", "output_layer": output,
+                              "output_scores": values[output].tolist()})
+
+
+def snip_authors_masks(model: nn.Sequential, x: torch.Tensor, y: torch.Tensor, seed: int = 0,
+                       keep: float = SNIP_AUTHORS_KEEP) -> Masks:
+    """The authors' SNIP mask: keep every unit whose `snip_authors_scores` value is >= the
+    floor(keep * N)-th largest of all N units of all Conv2d/Linear layers (the output layer
+    included, though it is never masked), prune the rest. The counts per layer are SNIP's own,
+    not the MIP's."""
+    if not 0 < keep <= 1:
+        raise ConfigError(f"SNIP keep ratio must be in (0, 1], got {keep!r}")
+    scores = snip_authors_scores(model, x, y, seed)
+    every = np.concatenate([*scores.layers.values(), scores.provenance["output_scores"]])
+    n_keep = math.floor(len(every) * keep)
+    if n_keep == 0:
+        raise ConfigError(f"SNIP keep ratio {keep} keeps none of the {len(every)} units")
+    threshold = np.sort(every)[-n_keep]
+    kept = {name: np.flatnonzero(values >= threshold).tolist() for name, values in scores.layers.items()}
+    return Masks(kept=kept, sizes={name: len(values) for name, values in scores.layers.items()})
 
 
 def snip_batch(
@@ -104,6 +171,26 @@ def activation_scores(model: nn.Sequential, x: torch.Tensor) -> Scores:
         handle.remove()
     layers = {name: means[name].double().cpu().numpy() for name in relus}
     return Scores(layers=layers, method="activation", provenance={"batch_size": len(x)})
+
+
+def random_authors_masks(scores: Scores, like: Masks, seed: int = 0) -> Masks:
+    """The authors' Random mode ("random-authors"): for each layer, draw as many indices as `like`
+    prunes there, uniformly *with replacement* from the units whose reference score (the MIP's)
+    is > 0, and prune the distinct ones drawn, so a layer may lose fewer units than `like`'s.
+    Draws from `numpy.random.default_rng(seed)`, layer by layer in `like`'s order.
+
+    Raises CritneuronError when a layer must lose units but none scored > 0 (their
+    `np.random.choice` fails there too).
+    """
+    rng = np.random.default_rng(seed)
+    kept = {}
+    for name, count in like.n_pruned().items():
+        candidates = np.flatnonzero(np.asarray(scores.layers[name], dtype=float) > 0)
+        if count and not len(candidates):
+            raise CritneuronError(f"random-authors: {name} must lose {count} units but none scored > 0")
+        pruned = set(rng.choice(candidates, size=count, replace=True).tolist()) if count else set()
+        kept[name] = [i for i in range(like.sizes[name]) if i not in pruned]
+    return Masks(kept=kept, sizes=dict(like.sizes))
 
 
 def critical_scores(scores: Scores) -> Scores:
@@ -153,7 +240,15 @@ def baseline_masks(
     y: torch.Tensor | None = None,
     scores: Scores | None = None,
 ) -> Masks:
-    """The mask of baseline `method` pruning as many units per layer as `like` (e.g. the MIP mask)."""
+    """The mask of baseline `method` pruning as many units per layer as `like` (e.g. the MIP mask).
+
+    `method` may also be "random-authors" (`random_authors_masks`; needs `scores`, prunes at
+    most as many per layer).
+    """
+    if method == RANDOM_AUTHORS:
+        if scores is None:
+            raise ConfigError(f"baseline {RANDOM_AUTHORS!r} needs scores")
+        return random_authors_masks(scores, like, seed)
     chosen = baseline_scores(method, model, seed=seed, x=x, y=y, scores=scores)
     counts = like.n_pruned()
     layers = {name: chosen.layers[name] for name in counts}
