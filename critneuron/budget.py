@@ -7,7 +7,7 @@ seeds, critical, magnitude-l1/l2, SNIP on one training minibatch of 128, mean ac
 MIP batch) prunes as many units per layer. Nothing is retrained. The rows are cached in the
 result store under kind "budget", keyed by the run config, the weights, the scores and τ grid.
 
-May import: config, data, train, scores, prune, baselines, store, experiment.
+May import: config, data, train, scores, prune, baselines, store, experiment, fingerprint.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from torch import nn
 from .baselines import BASELINES, baseline_masks, snip_batch
 from .config import RunConfig, to_dict
 from .data import dataset_source, load_split
-from .experiment import mip_scores, score_inputs, trained_model, weights_hash
+from .experiment import SCORE_CODE, mip_scores, score_inputs, trained_model, weights_hash
+from .fingerprint import Code
 from .prune import Masks, apply_masks, masks_from_scores, pruning_stats
 from .scores import Scores
 from .store import Store, versions
@@ -31,6 +32,7 @@ from .train import evaluate
 
 METHODS = ("mip", *BASELINES)
 RANDOM_SEEDS = (0, 1, 2)
+BUDGET_CODE = Code(("critneuron.baselines", "critneuron.prune", "critneuron.budget:budget_rows"), after=(SCORE_CODE,))
 
 
 def scores_hash(scores: Scores) -> str:
@@ -93,5 +95,5 @@ def budget_sweep(cfg: RunConfig, store: Store, taus: Sequence[float],
     inputs = {"weights": weights_hash(model), "scores": scores_hash(scores), "source": dataset_source(cfg.data),
               **versions()}
     result = store.cached("budget", config, lambda: {"rows": budget_rows(model, scores, cfg, taus, random_seeds)},
-                          **inputs)
+                          code=BUDGET_CODE, **inputs)
     return result["rows"]

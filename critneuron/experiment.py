@@ -2,9 +2,12 @@
 
 Every stage is keyed in the result store by what determines it (config, weights hash, batch
 indices, versions), so rerunning a notebook, the CLI or a sweep never retrains or re-solves what
-has not changed. Used by the CLI, the notebooks and the sweep tasks.
+has not changed. Used by the CLI, the notebooks and the sweep tasks. Each stage also records the
+code it depends on (the `*_CODE` declarations below, see `critneuron.fingerprint`); a stored stage
+whose code has changed since is recomputed. Training covers the training modules and its glue
+here, not the MIP modules; scoring covers the MIP modules and training's code.
 
-May import: config, data, models, train, spec, scores, prune, baselines, decoupled, store.
+May import: config, data, models, train, spec, scores, prune, baselines, decoupled, store, fingerprint.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from .decoupled import (
     Decoupled, block_batches, block_problems, combine, decoupled_train_config, head_accuracies, solve_blocks,
     train_decoupled,
 )
+from .fingerprint import Code
 from .models import build_model
 from .prune import Masks, apply_masks, freeze_masks, mask_agreement, masks_from_scores, pruning_stats
 from .scores import Scores, score
@@ -36,6 +40,18 @@ from .store import RunOutput, Store, versions
 from .train import clone_state, evaluate, load_checkpoint, resolve_device, save_checkpoint, torch_threads, train_model
 
 TRAIN_THREADS = 1  # stored runs train single-threaded: the same config gives the same weights on any executor
+
+# The code of each stored stage: compute modules whole, glue in this module by definition only.
+_TRAINING_MODULES = ("critneuron.train", "critneuron.models", "critneuron.data")
+TRAIN_CODE = Code((*_TRAINING_MODULES, "critneuron.experiment:_train"))
+DECOUPLED_TRAIN_CODE = Code((*_TRAINING_MODULES, "critneuron.experiment:_train_decoupled"))
+HEADS_CODE = Code(("critneuron.experiment:_fit_heads",), after=(TRAIN_CODE,))
+_SCORING = ("critneuron.scores", "critneuron.experiment:score_inputs")
+SCORE_CODE = Code(_SCORING, after=(TRAIN_CODE,))
+BLOCK_SCORE_CODE = {  # decoupled_mip_scores, by how the network and its heads were trained
+    "decoupled": Code((*_SCORING, "critneuron.experiment:decoupled_mip_scores"), after=(DECOUPLED_TRAIN_CODE,)),
+    "end-to-end": Code((*_SCORING, "critneuron.experiment:decoupled_mip_scores"), after=(HEADS_CODE,)),
+}
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -57,7 +73,8 @@ def trained_checkpoint(cfg: RunConfig, store: Store, progress: bool = False) -> 
     the initial weights `init_state`) and its metrics."""
     config = _train_config(cfg)
     inputs = {"source": dataset_source(cfg.data), "torch": torch.__version__, "torch_threads": TRAIN_THREADS}
-    metrics = store.cached("train", config, lambda: _train(cfg, progress), **inputs)  # once, even across workers
+    metrics = store.cached("train", config, lambda: _train(cfg, progress), code=TRAIN_CODE,
+                           **inputs)  # once, even across workers
     return store.path("train", store.key("train", config, **inputs)) / "artifacts" / "checkpoint.pt", metrics
 
 
@@ -107,7 +124,8 @@ def mip_scores(model: nn.Sequential, cfg: RunConfig, store: Store, correct_only:
     """MIP scores of `model` on its balanced training batch (see `score_inputs`), solved once per key."""
     x, y, inputs = score_inputs(model, cfg.data, cfg.score, correct_only)
     result = store.cached("score", to_dict(cfg.score),
-                          lambda: score(model, x, y, cfg.score, inputs["batch_indices"]).to_dict(), **inputs)
+                          lambda: score(model, x, y, cfg.score, inputs["batch_indices"]).to_dict(), code=SCORE_CODE,
+                          **inputs)
     return Scores.from_dict(result)
 
 
@@ -265,7 +283,8 @@ def decoupled_network(cfg: RunConfig, store: Store, training: str = "decoupled",
     inputs = {"source": dataset_source(cfg.data), "torch": torch.__version__, "torch_threads": TRAIN_THREADS}
     if training == "decoupled":
         config = {**_train_config(cfg), "training": "decoupled"}
-        metrics = store.cached("train", config, lambda: _train_decoupled(cfg, progress), **inputs)
+        metrics = store.cached("train", config, lambda: _train_decoupled(cfg, progress), code=DECOUPLED_TRAIN_CODE,
+                               **inputs)
         folder = store.path("train", store.key("train", config, **inputs))
         model, _meta = load_checkpoint(folder / "artifacts" / "checkpoint.pt")
         return _load_heads(Decoupled.build(model.eval(), seed=cfg.train.seed), folder), metrics
@@ -275,7 +294,8 @@ def decoupled_network(cfg: RunConfig, store: Store, training: str = "decoupled",
     head_cfg = decoupled_train_config(cfg.model.name, cfg.data.dataset, cfg.train.epochs, cfg.train.seed)
     config = {"heads_train": to_dict(head_cfg), "training": "end-to-end"}
     inputs["weights"] = weights_hash(model)
-    metrics = store.cached("heads", config, lambda: _fit_heads(model, cfg, head_cfg, progress), **inputs)
+    metrics = store.cached("heads", config, lambda: _fit_heads(model, cfg, head_cfg, progress), code=HEADS_CODE,
+                           **inputs)
     folder = store.path("heads", store.key("heads", config, **inputs))
     net = _load_heads(Decoupled.build(model, seed=cfg.train.seed), folder)
     return net, {**train_metrics, **metrics}
@@ -296,11 +316,12 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
     entries = {p.name: ({**to_dict(cfg.score), "block": p.name}, {**common, "batch_indices": p.batch_indices})
                for p in problems}
     keys = {name: store.key("score", config, **inputs) for name, (config, inputs) in entries.items()}
-    todo = [p for p in problems if not store.is_complete("score", keys[p.name])]
+    code = BLOCK_SCORE_CODE[training]
+    todo = [p for p in problems if not store.is_fresh("score", keys[p.name], code)]
 
     def save(problem, scores: Scores) -> None:
         config, inputs = entries[problem.name]
-        store.write("score", keys[problem.name], config, scores.to_dict(), inputs=inputs)
+        store.write("score", keys[problem.name], config, scores.to_dict(), inputs=inputs, code=code)
 
     solve_blocks(todo, cfg.score, workers=workers, progress=progress, done=save)
     stored = [Scores.from_dict(store.read("score", keys[p.name])["result"]) for p in problems]

@@ -14,7 +14,9 @@ Sweep file (YAML)::
 
 Runs are ``base`` + one ``list`` item + one grid point, in file order (list outer, last grid
 key fastest), resolved to the full `RunConfig` (defaults filled in, ints of float fields made
-floats, duplicates dropped). Each is stored under ``store.key(kind, config, **versions())``.
+floats, duplicates dropped). Each is stored under ``store.key(kind, config, **versions())``, with
+the task's code (`Sweep.code`: the task's module whole, and the modules it imports, see
+`critneuron.fingerprint`): a stored run whose code has changed since is stale and runs again.
 
 Task contract: a task is a top-level function ``fn(config: dict) -> dict`` (or
 `critneuron.store.RunOutput` to add artifacts and a log) importable on every worker. It runs in
@@ -35,7 +37,7 @@ Where it runs (``scheduler``):
         installed and the results root at the same path on a shared filesystem.
     "serial": no Dask; runs one after another in this process (debugging, comparisons).
 
-May import (critneuron): config, store. Tasks are imported by their path only when run, so
+May import (critneuron): config, store, fingerprint. Tasks are imported by their path only when run, so
 this module never imports the experiment code.
 """
 
@@ -65,6 +67,7 @@ from distributed import Client, LocalCluster, as_completed
 from tqdm import tqdm
 
 from critneuron.config import ConfigError, CritneuronError, RunConfig, canonical_json, from_dict, to_dict
+from critneuron.fingerprint import Code
 from critneuron.store import RESULTS_ENV, RunOutput, Store, versions
 
 SWEEP_KEYS = ("task", "kind", "description", "base", "grid", "list")
@@ -82,6 +85,12 @@ class Sweep:
     grid: Mapping[str, list] = field(default_factory=dict)
     items: tuple[Mapping[str, Any], ...] = ()
     description: str = ""
+
+    @property
+    def code(self) -> Code:
+        """The code of the sweep's runs: the task's module, whole (its results hold everything the
+        task computes, so any stage it runs counts)."""
+        return Code((self.task.partition(":")[0],))
 
 
 @dataclass
@@ -281,26 +290,27 @@ def _call_task(task: str, config: dict, root: str, log: io.StringIO) -> RunOutpu
     return output if isinstance(output, RunOutput) else RunOutput(result=output)
 
 
-def run_item(task: str, kind: str, config: dict, key: str, root: str, inputs: dict) -> tuple[str, str]:
-    """Run one sweep item (on a worker) and store its result or failure.
+def run_item(task: str, kind: str, config: dict, key: str, root: str, inputs: dict, code: Code) -> tuple[str, str]:
+    """Run one sweep item (on a worker) and store its result (with its `code`) or failure.
 
     Returns (status, error text), status one of "done", "skipped", "failed". Never raises
     for a failing task: the traceback is recorded in the store instead.
     """
     store = Store(root)
     with store.lock(kind, key):  # another sweep may be running the same key
-        if store.is_complete(kind, key):
+        if store.is_fresh(kind, key, code):
             return SKIPPED, ""
-        return _run_and_store(store, task, kind, config, key, inputs)
+        return _run_and_store(store, task, kind, config, key, inputs, code)
 
 
-def _run_and_store(store: Store, task: str, kind: str, config: dict, key: str, inputs: dict) -> tuple[str, str]:
+def _run_and_store(store: Store, task: str, kind: str, config: dict, key: str, inputs: dict,
+                   code: Code) -> tuple[str, str]:
     log, start = io.StringIO(), time.perf_counter()
     try:
         output = _call_task(task, config, str(store.root), log)
         header = f"task {task} on pid {os.getpid()}: {time.perf_counter() - start:.2f} s\n"
         output = dataclasses.replace(output, log=header + log.getvalue() + output.log)
-        store.write(kind, key, config, output, inputs=inputs)
+        store.write(kind, key, config, output, inputs=inputs, code=code)
         return DONE, ""
     except Exception:
         error = traceback.format_exc()
@@ -316,24 +326,26 @@ class SweepPlan:
     kind: str
     root: str
     inputs: dict
+    code: Code
     todo: list[tuple[dict, str]]
     skipped: int
 
 
 def plan_sweep(sweep: Sweep, store: Store) -> SweepPlan:
-    """Keys of every run of the sweep; complete ones are skipped."""
-    inputs = versions()
+    """Keys of every run of the sweep; complete runs of today's code are skipped."""
+    inputs, code = versions(), sweep.code
     keyed = [(config, store.key(sweep.kind, config, **inputs)) for config in expand(sweep)]
-    todo = [(config, key) for config, key in keyed if not store.is_complete(sweep.kind, key)]
+    todo = [(config, key) for config, key in keyed if not store.is_fresh(sweep.kind, key, code)]
     root = str(store.root.resolve())
-    return SweepPlan(sweep.task, sweep.kind, root, inputs, todo, len(keyed) - len(todo))
+    return SweepPlan(sweep.task, sweep.kind, root, inputs, code, todo, len(keyed) - len(todo))
 
 
 def sweep_results(sweep: Sweep, store: Store) -> list[dict]:
-    """Results of the sweep's complete runs, in the sweep's order (failed or missing ones left out)."""
-    inputs = versions()
+    """Results of the sweep's complete runs of today's code, in the sweep's order (failed,
+    missing or stale ones left out)."""
+    inputs, code = versions(), sweep.code
     keys = [store.key(sweep.kind, config, **inputs) for config in expand(sweep)]
-    return [store.read(sweep.kind, key)["result"] for key in keys if store.is_complete(sweep.kind, key)]
+    return [store.read(sweep.kind, key)["result"] for key in keys if store.is_fresh(sweep.kind, key, code)]
 
 
 def collect(sweep: Sweep, store: Store, scheduler: str | None = "serial", progress: bool = False) -> list[dict]:
@@ -353,12 +365,12 @@ def _tick(bar: tqdm, summary: SweepSummary, key: str, status: str, error: str) -
 
 def _run_serial(plan: SweepPlan, summary: SweepSummary, bar: tqdm) -> None:
     for config, key in plan.todo:
-        _tick(bar, summary, key, *run_item(plan.task, plan.kind, config, key, plan.root, plan.inputs))
+        _tick(bar, summary, key, *run_item(plan.task, plan.kind, config, key, plan.root, plan.inputs, plan.code))
 
 
 def _run_dask(plan: SweepPlan, client: Client, summary: SweepSummary, bar: tqdm) -> None:
     futures = {
-        client.submit(run_item, plan.task, plan.kind, config, key, plan.root, plan.inputs,
+        client.submit(run_item, plan.task, plan.kind, config, key, plan.root, plan.inputs, plan.code,
                       key=f"{plan.kind}-{key}-{uuid.uuid4().hex[:8]}"): (config, key)
         for config, key in plan.todo
     }

@@ -13,7 +13,10 @@ Every stage is cached in the result store: A's training (kind "train") and score
 `critneuron.experiment`, each retraining on B under kind "retrain", keyed by model, B's data and
 schedule, the initial weights' hash, the mask and the versions.
 
-May import: config, data, models, train, scores, prune, baselines, decoupled, store, experiment.
+Retraining's code (`RETRAIN_CODE`) is its own only: its inputs are values (the initial weights'
+hash and the mask itself), not references to the stages that made them.
+
+May import: config, data, models, train, scores, prune, baselines, decoupled, store, experiment, fingerprint.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .decoupled import decoupled_train_config
 from .experiment import (
     TRAIN_THREADS, decoupled_mip_scores, decoupled_network, mip_scores, trained_checkpoint, weights_hash,
 )
+from .fingerprint import Code
 from .models import WIDTH_SCALABLE, build_model
 from .prune import Bias, Masks, freeze_masks, masks_from_scores, pruning_stats, unfreeze_masks
 from .scores import Scores
@@ -39,6 +43,8 @@ from .store import Store
 from .train import State, evaluate, load_checkpoint, torch_threads, train_model
 
 VARIANTS = ("reference", "mip", "random", "snip")
+RETRAIN_CODE = Code(("critneuron.train", "critneuron.models", "critneuron.data", "critneuron.prune",
+                     "critneuron.transfer:_retrain"))
 DECOUPLED_SOURCES = ("vgg16",)  # scored block by block (`critneuron.decoupled`), as in the paper
 # The paper's pruning at initialisation: the MIP on the untrained LeNet-5, B = 5, λ = 1, τ = 0.2
 # (relaxed), the masked net trained 20 epochs on MNIST and transferred to Fashion-MNIST and CIFAR-10.
@@ -103,7 +109,8 @@ def retrained_accuracy(model_cfg: ModelConfig, init_state: State, masks: Masks |
     inputs = {"init_weights": weights_hash(init), "masks": None if masks is None else masks.to_dict(),
               "source": dataset_source(data), "torch": torch.__version__, "torch_threads": TRAIN_THREADS}
     return store.cached("retrain", config,
-                        lambda: _retrain(model_cfg, init_state, masks, data, train_cfg, bias), **inputs)
+                        lambda: _retrain(model_cfg, init_state, masks, data, train_cfg, bias), code=RETRAIN_CODE,
+                        **inputs)
 
 
 def _scored_source(cfg: RunConfig, store: Store, at_init: bool, decoupled: bool) -> tuple[nn.Sequential, State, Scores]:

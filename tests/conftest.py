@@ -6,6 +6,7 @@ import dataclasses
 import os
 import struct
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -19,6 +20,16 @@ from critneuron.train import TrainResult, train_model
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`$CRITNEURON_RESULTS` points at a temporary folder for the whole session: nothing a test
+    runs (the smoke book included) reads or writes the repository's results/."""
+    root = tmp_path_factory.mktemp("results")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CRITNEURON_RESULTS", str(root))
+        yield root
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +71,9 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 def tiny_mnist_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A data root with MNIST/raw holding 50 train and 20 test random 28×28 images, labels i % 10.
 
-    The tensor cache goes to `<root>/critneuron-cache` ($CRITNEURON_CACHE is unset).
+    The tensor cache goes to `<root>/critneuron-cache` ($CRITNEURON_CACHE points there).
     """
-    monkeypatch.delenv("CRITNEURON_CACHE", raising=False)
+    monkeypatch.setenv("CRITNEURON_CACHE", str(tmp_path / "critneuron-cache"))
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
