@@ -196,7 +196,9 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, A
     try:
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or foreign files fail in pickle, zipfile, torch or OS code
-        raise CheckpointError(f"{path} is not a readable critneuron checkpoint: {_one_line(err)}") from err
+        # torch's own text (e.g. "rerun with weights_only=False") misleads for a corrupt file
+        raise CheckpointError(f"{path} is not a critneuron checkpoint: torch cannot load it "
+                              f"({type(err).__name__})") from err
     if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a critneuron checkpoint of format {CHECKPOINT_FORMAT}")
     try:

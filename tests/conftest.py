@@ -1,10 +1,12 @@
-"""Shared fixtures: the full-data root (or a skip), a briefly trained LeNet-5, tiny IDX files."""
+"""Shared fixtures: a temporary results root, the full-data root (or a skip), a briefly trained LeNet-5,
+tiny IDX files, a toy package for code fingerprints."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import struct
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -81,3 +83,21 @@ def tiny_mnist_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
     return tmp_path
+
+
+@pytest.fixture
+def toy_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An importable package (uniquely named, on sys.path) for code-fingerprint tests:
+    ``<name>.compute`` (imports ``.helpers``), ``<name>.helpers`` and ``<name>.glue``, whose
+    `stage` uses ``compute.run`` and its own `_helper` while `other` uses nothing."""
+    name = f"toypkg_{uuid.uuid4().hex[:8]}"
+    package = tmp_path / "src" / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("def double(x):\n    return 2 * x\n")
+    (package / "compute.py").write_text("from .helpers import double\n\n\ndef run(x):\n    return double(x) + 1\n")
+    (package / "glue.py").write_text(
+        f"from {name}.compute import run\n\n\ndef _helper(x):\n    return x\n\n\n"
+        "def stage(x):\n    return run(_helper(x))\n\n\ndef other(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    return package

@@ -227,3 +227,36 @@ def test_concurrent_cached_calls_compute_once(tmp_path):
     (tmp_path / "go").touch()
     assert [c.communicate(timeout=30)[0] for c in callers] == ["{'value': 1}\n"] * 2
     assert len(list(tmp_path.glob("ran-*"))) == 1
+
+
+def test_a_run_of_changed_code_is_stale_recomputed_and_replaced(tmp_path, toy_package):
+    store, code = Store(tmp_path / "results"), Code((f"{toy_package.name}.compute",))
+    key = store.key("score", CONFIG)
+    assert store.cached("score", CONFIG, lambda: {"v": 1}, code=code) == {"v": 1}
+    assert store.read("score", key)["meta"]["code"] == code.record()
+    assert [r["code"] for r in store.ls()] == ["fresh"]
+    helpers = toy_package / "helpers.py"
+    helpers.write_text(helpers.read_text() + "\n\ndef noop():\n    pass\n")
+    assert [r["code"] for r in store.ls()] == ["stale"] and not store.is_fresh("score", key, code)
+    assert store.is_complete("score", key)  # the key still finds it
+
+    def crash() -> dict:
+        raise RuntimeError("killed while recomputing")
+
+    with pytest.raises(RuntimeError):
+        store.cached("score", CONFIG, crash, code=code)
+    assert store.read("score", key)["result"] == {"v": 1}  # the stale run is kept until replaced
+    assert not store.record_failure("score", key, CONFIG, "boom")  # nor does a failure replace it
+    assert store.cached("score", CONFIG, lambda: {"v": 2}, code=code) == {"v": 2}
+    assert [r["code"] for r in store.ls()] == ["fresh"] and store.is_fresh("score", key, code)
+    assert [p.name for p in (store.root / "score").iterdir()] == [key]
+
+
+def test_a_run_without_recorded_code_is_stale(tmp_path):
+    store = Store(tmp_path)
+    key = store.key("train", CONFIG)
+    assert store.write("train", key, CONFIG, {"v": "old"})
+    assert not store.write("train", key, CONFIG, {"v": "uncoded"})  # without code: keeps any complete run
+    assert store.ls()[0]["code"] == "stale" and store.read("train", key)["meta"]["code"] is None
+    assert store.cached("train", CONFIG, lambda: {"v": "new"}, code=CODE) == {"v": "new"}
+    assert store.ls()[0]["code"] == "fresh"
