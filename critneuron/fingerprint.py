@@ -34,6 +34,7 @@ from pathlib import Path
 from critneuron.config import CritneuronError
 
 PACKAGE = __name__.partition(".")[0]
+_computed: dict[tuple[str, ...], tuple[str, dict[str, tuple]]] = {}  # entries -> (fingerprint, file stamps)
 
 
 class FingerprintError(CritneuronError, LookupError):
@@ -72,10 +73,16 @@ class Code:
 
 def fingerprint(entries: tuple[str, ...] | list[str]) -> str:
     """SHA-256 (16 hex digits) of the sources `entries` reach; FingerprintError if one is missing."""
+    entries = tuple(entries)
+    known = _computed.get(entries)
+    if known is not None and all(_stamp(name) == stamp for name, stamp in known[1].items()):
+        return known[0]
+    files: dict[str, tuple] = {}
     digest = hashlib.sha256()
-    for name, text in sorted(_closure(tuple(entries)).items()):
+    for name, text in sorted(_closure(entries, files).items()):
         digest.update(f"{name}\0{text}\0".encode())
-    return digest.hexdigest()[:16]
+    _computed[entries] = (digest.hexdigest()[:16], files)
+    return _computed[entries][0]
 
 
 def is_current(record: dict | None) -> bool:
@@ -112,8 +119,9 @@ class _Module:
     loose: str  # top-level statements that bind no name (side effects), docstring excluded
 
 
-def _closure(entries: tuple[str, ...]) -> dict[str, str]:
-    """Normalised source of everything `entries` reach, keyed by ``module`` or ``module:name``."""
+def _closure(entries: tuple[str, ...], files: dict[str, tuple] | None = None) -> dict[str, str]:
+    """Normalised source of everything `entries` reach, keyed by ``module`` or ``module:name``;
+    `files` gets the `_stamp` of every module read."""
     found: dict[str, str] = {}
     todo = list(entries)
     while todo:
@@ -122,9 +130,11 @@ def _closure(entries: tuple[str, ...]) -> dict[str, str]:
             continue
         module_name, _, attr = entry.partition(":")
         module = _module(module_name)
+        if files is not None:
+            files[module_name] = _stamp(module_name)
         if not attr:
             found[entry] = module.text
-            todo.extend(_import_target(source, attr).partition(":")[0] for source, attr in module.imported)
+            todo.extend(_import_target(source, name).partition(":")[0] for source, name in module.imported)
             continue
         if attr in module.imports:
             todo.append(_import_target(*module.imports[attr]))
@@ -159,20 +169,30 @@ def _internal(name: str, own: str) -> bool:
     return top in (PACKAGE, own.partition(".")[0])
 
 
-def _module(name: str) -> _Module:
+def _stamp(name: str) -> tuple[str, bool, int, int] | None:
+    """(path, is package, mtime, size) of module `name`'s source file; None if there is none."""
     try:
         spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError) as err:
-        raise FingerprintError(f"code entry {name!r}: {err}") from err
+    except (ImportError, ValueError):
+        return None
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    try:
+        stat = Path(spec.origin).stat()
+    except OSError:
+        return None
+    return spec.origin, spec.submodule_search_locations is not None, stat.st_mtime_ns, stat.st_size
+
+
+def _module(name: str) -> _Module:
+    stamp = _stamp(name)
+    if stamp is None:
         raise FingerprintError(f"code entry {name!r}: no Python source module of that name on sys.path")
-    path = Path(spec.origin)
-    stat = path.stat()
-    return _parse(name, spec.submodule_search_locations is not None, str(path), stat.st_mtime_ns, stat.st_size)
+    return _parse(name, *stamp)
 
 
 @functools.lru_cache(maxsize=256)
-def _parse(name: str, is_package: bool, path: str, _mtime_ns: int, _size: int) -> _Module:
+def _parse(name: str, path: str, is_package: bool, _mtime_ns: int, _size: int) -> _Module:
     """Parse one module file (cached until the file changes)."""
     tree = ast.parse(Path(path).read_text(), filename=path)
     package = name if is_package else name.rpartition(".")[0]

@@ -171,7 +171,8 @@ class Store:
 
     Example:
         >>> store = Store("results")
-        >>> result = store.cached("prune", cfg, lambda: prune_task(cfg), code=PRUNE_CODE, **versions())
+        >>> result = store.cached("prune", cfg, lambda: prune_task(cfg), code=Code(("critneuron.experiment",)),
+        ...                       **versions())
     """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
