@@ -7,8 +7,8 @@ exactly when its ``result.json`` exists.
 The key covers what the run computes (config and inputs); the code that computed it is recorded
 in ``meta.json`` (``code``: entries, fingerprint and git commit, see `critneuron.fingerprint`). A
 complete run whose code has changed since is **stale**: `Store.cached` recomputes it and
-`Store.write` replaces it, again with one rename, so a crash keeps the stale run until the new
-one is complete. Everything is first written into a temp folder
+`Store.write` replaces it; the stale run stays in place until the new one is complete, and is
+deleted only after the new one has been renamed into place. Everything is first written into a temp folder
 ``<root>/<kind>/.tmp-<key>-<random>`` and then moved into place with one ``os.rename``, so a
 crash or SIGKILL at any moment never leaves a folder that reads as complete, and two workers
 writing the same key leave one intact result (the second discards its copy). A failed run is

@@ -21,16 +21,17 @@ _BASE = {
     "compact": {"config", "models", "prune"},
     "baselines": {"config", "data", "models", "train", "spec", "scores", "prune"},
     "decoupled": {"config", "data", "models", "train", "spec", "bounds", "scores"},
-    "store": {"config"},
+    "fingerprint": {"config"},
+    "store": {"config", "fingerprint"},
 }
 _EVERYTHING_ABOVE = set(_BASE)
 ALLOWED: dict[str, set[str] | None] = {
     **_BASE,
     "experiment": _EVERYTHING_ABOVE,
     "sweep": _EVERYTHING_ABOVE | {"experiment"},
-    "budget": {"config", "data", "train", "scores", "prune", "baselines", "store", "experiment"},
+    "budget": {"config", "data", "train", "scores", "prune", "baselines", "store", "fingerprint", "experiment"},
     "transfer": {"config", "data", "models", "train", "scores", "prune", "baselines", "decoupled", "store",
-                 "experiment"},
+                 "fingerprint", "experiment"},
     "book": None,  # may import anything
     "cli": None,  # may import anything
 }
