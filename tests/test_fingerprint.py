@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
 from critneuron import budget, experiment, transfer
 from critneuron.fingerprint import Code, FingerprintError, _closure, fingerprint, git_commit, is_current
