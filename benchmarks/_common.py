@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import torch
 
 from critneuron.config import DataConfig, ModelConfig, RunConfig, paper_train_config, to_dict
-from critneuron.experiments.runs import train_config, train_inputs, trained_checkpoint
+from critneuron.experiments.runs import TRAIN_CODE, train_config, train_inputs, trained_checkpoint
 from critneuron.experiments.store import Store
 from critneuron.experiments.store import versions as package_versions
 from critneuron.nets.data import TensorData, data_root, load_split
@@ -92,7 +92,7 @@ def trained_model(name: str, epochs: int, cache: Path, subset: int | None = None
     cfg = RunConfig(data=data_cfg, model=ModelConfig(name=name),
                     train=paper_train_config(name, "mnist", epochs=epochs, seed=seed))
     store = Store(cache)
-    reused = store.is_complete("train", store.key("train", train_config(cfg), **train_inputs(cfg)))
+    reused = store.is_fresh("train", store.key("train", train_config(cfg), **train_inputs(cfg)), TRAIN_CODE)
     path, metrics = trained_checkpoint(cfg, store)
     model, _meta = load_checkpoint(path)
     return model.cpu().eval(), {**metrics, "checkpoint": str(path), "reused": reused}

@@ -321,7 +321,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
 def _add_results(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("results", help="list, show and export stored runs")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ls = actions.add_parser("ls", help="one line per run: kind, key, status (and error)")
+    ls = actions.add_parser("ls", help="one line per run: kind, key, status, fresh/stale (and error)",
+                            description="One line per run: kind, key, status (complete, failed, incomplete), "
+                            "then for a complete run 'fresh' if the code it records still has its fingerprint, "
+                            "'stale' if that code has changed since (it is recomputed when next needed).")
     show = actions.add_parser("show", help="config, result and artifacts of one run as JSON")
     show.add_argument("key", help="run key, or a prefix that names one run")
     export = actions.add_parser("export", help="one CSV row per complete run (config and scalar results)")
@@ -337,7 +340,8 @@ def _run_results(args: argparse.Namespace) -> int:
     if args.action == "ls":
         for record in store.ls(args.kind):
             error = record.get("error", "").strip().splitlines()[-1:]
-            print(f"{record['kind']:<8} {record['key']}  {record['status']}", *error, sep="  ")
+            print(f"{record['kind']:<8} {record['key']}  {record['status']:<10}  {record['code'] or '-':<5}",
+                  *error, sep="  ")
     elif args.action == "show":
         record = store.find(args.key, args.kind)
         shown = store.read(record["kind"], record["key"]) if record["status"] == "complete" else record

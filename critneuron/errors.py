@@ -19,5 +19,9 @@ class UnsupportedLayerError(CritneuronError, TypeError):
     """A torch module has no MIP encoding."""
 
 
+class CheckpointError(CritneuronError, ValueError):
+    """A file is not a readable critneuron checkpoint (corrupt, foreign or of another format)."""
+
+
 class SolveError(CritneuronError, RuntimeError):
     """The solver ended without any usable solution (infeasible, or timed out with no incumbent)."""

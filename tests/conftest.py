@@ -1,11 +1,14 @@
-"""Shared fixtures: the full-data root (or a skip), a briefly trained LeNet-5, tiny IDX files."""
+"""Shared fixtures: a temporary results root, the full-data root (or a skip), a briefly trained LeNet-5,
+tiny IDX files, a toy package for code fingerprints."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
 import struct
+import uuid
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -19,6 +22,16 @@ from critneuron.nets.train import TrainResult, train_model
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_results(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """`$CRITNEURON_RESULTS` points at a temporary folder for the whole session: nothing a test
+    runs (the smoke book included) reads or writes the repository's results/."""
+    root = tmp_path_factory.mktemp("results")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CRITNEURON_RESULTS", str(root))
+        yield root
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +73,9 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 def tiny_mnist_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A data root with MNIST/raw holding 50 train and 20 test random 28×28 images, labels i % 10.
 
-    The tensor cache goes to `<root>/critneuron-cache` ($CRITNEURON_CACHE is unset).
+    The tensor cache goes to `<root>/critneuron-cache` ($CRITNEURON_CACHE points there).
     """
-    monkeypatch.delenv("CRITNEURON_CACHE", raising=False)
+    monkeypatch.setenv("CRITNEURON_CACHE", str(tmp_path / "critneuron-cache"))
     raw = tmp_path / "MNIST" / "raw"
     raw.mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -70,3 +83,21 @@ def tiny_mnist_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         write_idx(raw / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
         write_idx(raw / f"{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
     return tmp_path
+
+
+@pytest.fixture
+def toy_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An importable package (uniquely named, on sys.path) for code-fingerprint tests:
+    ``<name>.compute`` (imports ``.helpers``), ``<name>.helpers`` and ``<name>.glue``, whose
+    `stage` uses ``compute.run`` and its own `_helper` while `other` uses nothing."""
+    name = f"toypkg_{uuid.uuid4().hex[:8]}"
+    package = tmp_path / "src" / name
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "helpers.py").write_text("def double(x):\n    return 2 * x\n")
+    (package / "compute.py").write_text("from .helpers import double\n\n\ndef run(x):\n    return double(x) + 1\n")
+    (package / "glue.py").write_text(
+        f"from {name}.compute import run\n\n\ndef _helper(x):\n    return x\n\n\n"
+        "def stage(x):\n    return run(_helper(x))\n\n\ndef other(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    return package

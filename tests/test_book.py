@@ -10,6 +10,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from critneuron.machinery import book
@@ -48,14 +49,18 @@ def digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
-def test_smoke_book_builds_every_chapter_with_tables_and_figure(tmp_path: Path) -> None:
+def test_smoke_book_builds_every_chapter_with_tables_and_figure(tmp_path: Path, temporary_results: Path) -> None:
     book_dir = tmp_path / "book"
     shutil.copytree(REPO / "book", book_dir, ignore=shutil.ignore_patterns("_build"))
     shutil.copytree(REPO / "docs", tmp_path / "docs")  # book/code.md includes docs/ARCHITECTURE.md
+    profile = yaml.safe_load((NOTEBOOKS / "profiles" / "smoke.yaml").read_text())
+    profile["common"]["results_dir"] = str(temporary_results)  # never the repository's results/
+    (tmp_path / "smoke.yaml").write_text(yaml.safe_dump(profile))
     before = digest(NOTEBOOKS)
-    index = book.build_book("smoke", notebooks_dir=NOTEBOOKS, book_dir=book_dir)
+    index = book.build_book(tmp_path / "smoke.yaml", notebooks_dir=NOTEBOOKS, book_dir=book_dir)
     assert index == book_dir / "_build" / "html" / "index.html" and index.is_file()
     assert digest(NOTEBOOKS) == before
+    assert {"train", "score", "prune"} <= {p.name for p in temporary_results.iterdir()}
     html = book_dir / "_build" / "html"
     for page in ("intro", "deviations", "reproducibility", "code"):
         assert (html / f"{page}.html").is_file()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from critneuron import cli
+from critneuron.errors import CheckpointError
 from critneuron.pruning.masks import Masks
 from critneuron.nets.train import load_checkpoint
 
@@ -59,3 +63,30 @@ def test_prune_refuses_scores_of_other_weights(fc3_checkpoint: Path, tmp_path: P
 def test_score_names_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["score", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_python_m_critneuron_is_the_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "critneuron", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: critneuron") and all(c in out.stdout for c in ("train", "score", "results"))
+
+
+@pytest.mark.parametrize("content", [b"\x00garbage\xff" * 100, b'{"not": "torch"}', None])
+def test_a_corrupt_or_foreign_checkpoint_is_one_named_line_and_status_2(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "garbage.pt"
+    if content is None:  # a real torch file, but not a critneuron checkpoint
+        torch.save({"state_dict": {}}, path)
+    else:
+        path.write_bytes(content)
+    out = subprocess.run([sys.executable, "-m", "critneuron", "score", "--checkpoint", "garbage.pt"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith("error: garbage.pt is not a critneuron checkpoint") and out.stderr.count("\n") == 1
+
+
+def test_a_damaged_checkpoint_is_a_checkpoint_error(fc3_checkpoint: Path, tmp_path: Path) -> None:
+    blob = torch.load(fc3_checkpoint, weights_only=True)
+    del blob["state_dict"]["fc1.weight"]
+    torch.save(blob, tmp_path / "damaged.pt")
+    with pytest.raises(CheckpointError, match=r"damaged.pt is a damaged critneuron checkpoint: RuntimeError"):
+        load_checkpoint(tmp_path / "damaged.pt")

@@ -39,16 +39,16 @@ def test_data_root_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     assert data_root("/from/arg") == Path("/from/arg")
 
 
-def test_cache_dir_avoids_read_only_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CRITNEURON_CACHE", raising=False)
+def test_cache_dir_is_the_user_cache_unless_told(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("CRITNEURON_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    writable, read_only = tmp_path / "rw", tmp_path / "ro"
-    writable.mkdir()
-    read_only.mkdir(mode=0o555)
-    assert cache_dir(writable) == writable / "critneuron-cache"
-    assert cache_dir(read_only) == tmp_path / "home" / ".cache" / "critneuron"
-    monkeypatch.setenv("CRITNEURON_CACHE", str(tmp_path / "elsewhere"))
-    assert cache_dir(read_only) == tmp_path / "elsewhere"
+    monkeypatch.setenv("CRITNEURON_DATA", str(tmp_path / "data"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "critneuron"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "critneuron"
+    monkeypatch.setenv("CRITNEURON_CACHE", str(tmp_path / "data" / "cache"))
+    assert cache_dir() == tmp_path / "data" / "cache"
 
 
 def test_tiny_mnist_equals_authors_transforms(tiny_mnist_root: Path) -> None:
@@ -108,7 +108,7 @@ def _write_jpeg_zip(root: Path, per_class: int) -> dict[str, bytes]:
 
 
 def test_cifar10_jpeg_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("CRITNEURON_CACHE", raising=False)
+    monkeypatch.setenv("CRITNEURON_CACHE", str(tmp_path / "critneuron-cache"))
     files = _write_jpeg_zip(tmp_path, per_class=2)
     cfg = DataConfig(dataset="cifar10", root=str(tmp_path), val_fraction=0.0)
     assert dataset_source(cfg) == SOURCE_JPEG_COPY

@@ -17,8 +17,10 @@ import pandas as pd
 import pytest
 
 from critneuron.config import RunConfig, ScoreConfig, to_dict
+from critneuron.experiments.fingerprint import Code
 from critneuron.experiments.store import RESULTS_ENV, RunNotFoundError, RunOutput, Store, versions
 
+CODE = Code(("critneuron.config",))
 CONFIG = {"score": {"lambda_": 5.0, "mode": "relaxed"}, "model": {"name": "lenet5"}}
 INPUTS = {"weights": "ab12", "batch": np.arange(1000), "solver": "appsi_highs"}
 
@@ -29,6 +31,7 @@ WRITER = textwrap.dedent("""
     from pathlib import Path
     import numpy as np
     import critneuron.experiments.store as store
+    from critneuron.experiments.fingerprint import Code
     root, label, pause_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
     real, count = store._write_bytes, 0
     def announcing(path, data):
@@ -44,7 +47,7 @@ WRITER = textwrap.dedent("""
     s = store.Store(root)
     key = s.key("prune", {"a": 1})
     out = store.RunOutput({"writer": label}, {"who.json": label, "w.npz": {"w": np.ones(1000)}}, "log")
-    print("published", s.write("prune", key, {"a": 1}, out), flush=True)
+    print("published", s.write("prune", key, {"a": 1}, out, code=Code(("critneuron.config",))), flush=True)
 """)
 WRITES = ["config.json", "meta.json", "log.txt", "who.json", "w.npz", "result.json"]
 
@@ -118,10 +121,10 @@ def test_cached_computes_once_and_returns_the_stored_result(tmp_path):
         calls.append(1)
         return {"acc": 0.5, "sizes": (1, 2)}
 
-    first = store.cached("prune", CONFIG, compute, weights="ab12")
-    second = store.cached("prune", CONFIG, compute, weights="ab12")
+    first = store.cached("prune", CONFIG, compute, code=CODE, weights="ab12")
+    second = store.cached("prune", CONFIG, compute, code=CODE, weights="ab12")
     assert first == second == {"acc": 0.5, "sizes": [1, 2]} and len(calls) == 1
-    store.cached("prune", CONFIG, compute, weights="other")
+    store.cached("prune", CONFIG, compute, code=CODE, weights="other")
     assert len(calls) == 2
 
 
@@ -131,13 +134,14 @@ def test_failure_is_not_complete_and_a_rerun_replaces_it(tmp_path):
     assert store.record_failure("prune", key, CONFIG, "Traceback ...\nValueError: boom")
     assert not store.is_complete("prune", key)
     assert store.ls("prune") == [{"kind": "prune", "key": key, "status": "failed",
-                                  "path": str(tmp_path / "prune" / key),
+                                  "path": str(tmp_path / "prune" / key), "code": None,
                                   "error": "Traceback ...\nValueError: boom"}]
     with pytest.raises(RunNotFoundError, match=f"no complete 'prune' run '{key}'"):
         store.read("prune", key)
-    assert store.cached("prune", CONFIG, lambda: {"acc": 1.0}) == {"acc": 1.0}
+    assert store.cached("prune", CONFIG, lambda: {"acc": 1.0}, code=CODE) == {"acc": 1.0}
     assert not store.record_failure("prune", key, CONFIG, "late failure")
-    assert store.ls() == [{"kind": "prune", "key": key, "status": "complete", "path": str(tmp_path / "prune" / key)}]
+    assert store.ls() == [{"kind": "prune", "key": key, "status": "complete", "path": str(tmp_path / "prune" / key),
+                           "code": "fresh"}]
     assert not list((tmp_path / "prune").glob(".*"))
 
 
@@ -173,7 +177,7 @@ def test_sigkill_mid_write_leaves_no_complete_result(tmp_path, pause_after):
     assert not store.is_complete("prune", key) and store.ls() == []
     (temp,) = (tmp_path / "prune").glob(".tmp-*")
     assert (temp / "result.json").exists() == (pause_after == len(WRITES))
-    assert store.cached("prune", {"a": 1}, lambda: {"writer": "rerun"}) == {"writer": "rerun"}
+    assert store.cached("prune", {"a": 1}, lambda: {"writer": "rerun"}, code=CODE) == {"writer": "rerun"}
     assert store.remove_stale_temp(max_age_s=0) == 1
     assert [p.name for p in (tmp_path / "prune").iterdir()] == [key]
 
@@ -203,6 +207,7 @@ def test_two_processes_writing_one_key_leave_one_intact_result(tmp_path, earlier
 CACHED = textwrap.dedent("""
     import sys, time, uuid
     from pathlib import Path
+    from critneuron.experiments.fingerprint import Code
     from critneuron.experiments.store import Store
     root = Path(sys.argv[1])
     def compute():
@@ -211,7 +216,7 @@ CACHED = textwrap.dedent("""
         return {"value": 1}
     while not (root / "go").exists():
         time.sleep(0.01)
-    print(Store(root).cached("train", {"a": 1}, compute))
+    print(Store(root).cached("train", {"a": 1}, compute, code=Code(("critneuron.config",))))
 """)
 
 
@@ -222,3 +227,36 @@ def test_concurrent_cached_calls_compute_once(tmp_path):
     (tmp_path / "go").touch()
     assert [c.communicate(timeout=30)[0] for c in callers] == ["{'value': 1}\n"] * 2
     assert len(list(tmp_path.glob("ran-*"))) == 1
+
+
+def test_a_run_of_changed_code_is_stale_recomputed_and_replaced(tmp_path, toy_package):
+    store, code = Store(tmp_path / "results"), Code((f"{toy_package.name}.compute",))
+    key = store.key("score", CONFIG)
+    assert store.cached("score", CONFIG, lambda: {"v": 1}, code=code) == {"v": 1}
+    assert store.read("score", key)["meta"]["code"] == code.record()
+    assert [r["code"] for r in store.ls()] == ["fresh"]
+    helpers = toy_package / "helpers.py"
+    helpers.write_text(helpers.read_text() + "\n\ndef noop():\n    pass\n")
+    assert [r["code"] for r in store.ls()] == ["stale"] and not store.is_fresh("score", key, code)
+    assert store.is_complete("score", key)  # the key still finds it
+
+    def crash() -> dict:
+        raise RuntimeError("killed while recomputing")
+
+    with pytest.raises(RuntimeError):
+        store.cached("score", CONFIG, crash, code=code)
+    assert store.read("score", key)["result"] == {"v": 1}  # the stale run is kept until replaced
+    assert not store.record_failure("score", key, CONFIG, "boom")  # nor does a failure replace it
+    assert store.cached("score", CONFIG, lambda: {"v": 2}, code=code) == {"v": 2}
+    assert [r["code"] for r in store.ls()] == ["fresh"] and store.is_fresh("score", key, code)
+    assert [p.name for p in (store.root / "score").iterdir()] == [key]
+
+
+def test_a_run_without_recorded_code_is_stale(tmp_path):
+    store = Store(tmp_path)
+    key = store.key("train", CONFIG)
+    assert store.write("train", key, CONFIG, {"v": "old"})
+    assert not store.write("train", key, CONFIG, {"v": "uncoded"})  # without code: keeps any complete run
+    assert store.ls()[0]["code"] == "stale" and store.read("train", key)["meta"]["code"] is None
+    assert store.cached("train", CONFIG, lambda: {"v": "new"}, code=CODE) == {"v": "new"}
+    assert store.ls()[0]["code"] == "fresh"

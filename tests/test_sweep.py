@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -174,7 +175,8 @@ def test_cli_sweep_then_results_ls_show_export(tmp_path, toy_tasks, capsys):
     assert "2 runs: 1 done, 0 skipped, 1 failed" in capsys.readouterr().out
     assert cli.main(["results", "ls", "--results", results]) == 0
     lines = sorted(capsys.readouterr().out.splitlines(), key=lambda line: "failed" in line)
-    assert lines[0].endswith("complete") and lines[1].endswith("failed  ValueError: lambda 3 is refused")
+    assert lines[0].split()[2:] == ["complete", "fresh"] and lines[1].split()[2:4] == ["failed", "-"]
+    assert lines[1].endswith("ValueError: lambda 3 is refused")
     done_key = lines[0].split()[1]
     assert cli.main(["results", "show", done_key[:6], "--results", results]) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
@@ -184,3 +186,20 @@ def test_cli_sweep_then_results_ls_show_export(tmp_path, toy_tasks, capsys):
     assert cli.main(["results", "export", "--csv", str(tmp_path / "t.csv"), "--kind", "toy", "--results", results]) == 0
     assert capsys.readouterr().out.startswith("1 runs -> ")
     assert "score.lambda_" in (tmp_path / "t.csv").read_text()
+
+
+def test_a_sweep_reruns_runs_whose_task_code_changed(tmp_path, toy_tasks, monkeypatch):
+    module = f"stale_tasks_{uuid.uuid4().hex[:8]}"  # a copy of the toy tasks that the test may edit
+    (tmp_path / "src").mkdir()
+    source = tmp_path / "src" / f"{module}.py"
+    source.write_text((TESTS / "sweep_tasks.py").read_text())
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    sweep, store = parse_sweep({"task": f"{module}:square", "kind": "toy", "grid": {"score.lambda_": [1, 2]}}), \
+        Store(tmp_path / "results")
+    assert run_sweep(sweep, store, scheduler="serial", progress=False).done == 2
+    assert run_sweep(sweep, store, scheduler="serial", progress=False).skipped == 2
+    source.write_text(source.read_text() + "\n\ndef noop() -> None:\n    pass\n")
+    assert [r["code"] for r in store.ls()] == ["stale", "stale"] and sweep_results(sweep, store) == []
+    summary = run_sweep(sweep, store, scheduler="serial", progress=False)
+    assert (summary.done, summary.skipped) == (2, 0) and executions(toy_tasks) == {1.0: 2, 2.0: 2}
+    assert [r["code"] for r in store.ls()] == ["fresh", "fresh"] and len(sweep_results(sweep, store)) == 2

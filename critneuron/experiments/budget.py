@@ -21,7 +21,8 @@ from torch import nn
 from critneuron.pruning.baselines import BASELINES, baseline_masks, snip_batch
 from critneuron.config import RunConfig, to_dict
 from critneuron.nets.data import dataset_source, load_split
-from critneuron.experiments.runs import mip_scores, score_inputs, trained_model, weights_hash
+from critneuron.experiments.fingerprint import Code
+from critneuron.experiments.runs import SCORE_CODE, mip_scores, score_inputs, trained_model, weights_hash
 from critneuron.pruning.masks import Masks, apply_masks, masks_from_scores, pruning_stats
 from critneuron.mip.scores import Scores
 from critneuron.experiments.store import Store, versions
@@ -29,6 +30,8 @@ from critneuron.nets.train import evaluate
 
 METHODS = ("mip", *BASELINES)
 RANDOM_SEEDS = (0, 1, 2)
+BUDGET_CODE = Code(("critneuron.pruning.baselines", "critneuron.pruning.masks", "critneuron.experiments.budget:budget_rows"),
+                   after=(SCORE_CODE,))
 
 
 def scores_hash(scores: Scores) -> str:
@@ -91,5 +94,5 @@ def budget_sweep(cfg: RunConfig, store: Store, taus: Sequence[float],
     inputs = {"weights": weights_hash(model), "scores": scores_hash(scores), "source": dataset_source(cfg.data),
               **versions()}
     result = store.cached("budget", config, lambda: {"rows": budget_rows(model, scores, cfg, taus, random_seeds)},
-                          **inputs)
+                          code=BUDGET_CODE, **inputs)
     return result["rows"]

@@ -17,9 +17,10 @@ from critneuron.catalog import dataset_record
 from critneuron.config import RunConfig, paper_train_config, to_dict
 from critneuron.errors import ConfigError
 from critneuron.experiments.runs import (
-    TRAIN_THREADS, checkpoint_output, mip_scores, score_inputs, train_config, train_inputs, trained_model,
+    SCORING, TRAIN_CODE, TRAIN_THREADS, TRAINING_MODULES, checkpoint_output, mip_scores, score_inputs, train_config, train_inputs, trained_model,
     weights_hash,
 )
+from critneuron.experiments.fingerprint import Code
 from critneuron.experiments.store import RunOutput, Store, versions
 from critneuron.experiments.whole import evaluate_masks
 from critneuron.mip.blocks import block_batches, block_problems, combine, solve_blocks
@@ -30,6 +31,14 @@ from critneuron.nets.heads import Decoupled, head_accuracies, train_decoupled
 from critneuron.nets.models import build_model
 from critneuron.nets.train import clone_state, evaluate, load_checkpoint, torch_threads
 from critneuron.pruning.masks import mask_agreement, masks_from_scores
+
+
+DECOUPLED_TRAIN_CODE = Code((*TRAINING_MODULES, "critneuron.experiments.decoupled:_train_decoupled"))
+HEADS_CODE = Code(("critneuron.experiments.decoupled:_fit_heads",), after=(TRAIN_CODE,))
+BLOCK_SCORE_CODE = {  # decoupled_mip_scores, by how the network and its heads were trained
+    "decoupled": Code((*SCORING, "critneuron.experiments.decoupled:decoupled_mip_scores"), after=(DECOUPLED_TRAIN_CODE,)),
+    "end-to-end": Code((*SCORING, "critneuron.experiments.decoupled:decoupled_mip_scores"), after=(HEADS_CODE,)),
+}
 
 
 def _heads_bytes(net: Decoupled) -> bytes:
@@ -90,7 +99,8 @@ def decoupled_network(cfg: RunConfig, store: Store, training: str = "decoupled",
     inputs = train_inputs(cfg)
     if training == "decoupled":
         config = {**train_config(cfg), "training": "decoupled"}
-        metrics = store.cached("train", config, lambda: _train_decoupled(cfg, progress), **inputs)
+        metrics = store.cached("train", config, lambda: _train_decoupled(cfg, progress), code=DECOUPLED_TRAIN_CODE,
+                               **inputs)
         folder = store.path("train", store.key("train", config, **inputs))
         model, _meta = load_checkpoint(folder / "artifacts" / "checkpoint.pt")
         return _load_heads(Decoupled.build(model.eval(), seed=cfg.train.seed), folder), metrics
@@ -100,7 +110,8 @@ def decoupled_network(cfg: RunConfig, store: Store, training: str = "decoupled",
     head_cfg = paper_train_config(cfg.model.name, cfg.data.dataset, cfg.train.epochs, cfg.train.seed)
     config = {"heads_train": to_dict(head_cfg), "training": "end-to-end"}
     inputs["weights"] = weights_hash(model)
-    metrics = store.cached("heads", config, lambda: _fit_heads(model, cfg, head_cfg, progress), **inputs)
+    metrics = store.cached("heads", config, lambda: _fit_heads(model, cfg, head_cfg, progress), code=HEADS_CODE,
+                           **inputs)
     folder = store.path("heads", store.key("heads", config, **inputs))
     net = _load_heads(Decoupled.build(model, seed=cfg.train.seed), folder)
     return net, {**train_metrics, **metrics}
@@ -121,11 +132,12 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
     entries = {p.name: ({**to_dict(cfg.score), "block": p.name}, {**common, "batch_indices": p.batch_indices})
                for p in problems}
     keys = {name: store.key("score", config, **inputs) for name, (config, inputs) in entries.items()}
-    todo = [p for p in problems if not store.is_complete("score", keys[p.name])]
+    code = BLOCK_SCORE_CODE[training]
+    todo = [p for p in problems if not store.is_fresh("score", keys[p.name], code)]
 
     def save(problem, scores: Scores) -> None:
         config, inputs = entries[problem.name]
-        store.write("score", keys[problem.name], config, scores.to_dict(), inputs=inputs)
+        store.write("score", keys[problem.name], config, scores.to_dict(), inputs=inputs, code=code)
 
     solve_blocks(todo, cfg.score, workers=workers, progress=progress, done=save)
     stored = [Scores.from_dict(store.read("score", keys[p.name])["result"]) for p in problems]

@@ -2,7 +2,10 @@
 
 Every stage is keyed in the result store by what determines it (config, weights hash, batch
 indices, versions), so rerunning a notebook, the CLI or a sweep never retrains or re-solves what
-has not changed.
+has not changed. Each stage also records the code it depends on (the `*_CODE` declarations, see
+`experiments.fingerprint`); a stored stage whose code has changed since is recomputed. Training
+covers the training modules and its glue here, not the MIP modules; scoring covers the MIP
+modules and training's code.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from torch import nn
 
 from critneuron.catalog import dataset_record
 from critneuron.config import DataConfig, RunConfig, ScoreConfig, to_dict
+from critneuron.experiments.fingerprint import Code
 from critneuron.experiments.store import RunOutput, Store, versions
 from critneuron.mip.scores import Scores, score
 from critneuron.mip.solve import solver_version
@@ -25,6 +29,11 @@ from critneuron.nets.data import dataset_source, load_split, select_mip_batch
 from critneuron.nets.models import build_model
 from critneuron.nets.train import evaluate, load_checkpoint, save_checkpoint, torch_threads, train_model
 
+# The code of each stored stage: compute modules whole, glue in the experiments package by definition only.
+TRAINING_MODULES = ("critneuron.nets.train", "critneuron.nets.models", "critneuron.nets.data")
+TRAIN_CODE = Code((*TRAINING_MODULES, "critneuron.experiments.runs:_train"))
+SCORING = ("critneuron.mip.scores", "critneuron.experiments.runs:score_inputs")
+SCORE_CODE = Code(SCORING, after=(TRAIN_CODE,))
 TRAIN_THREADS = 1  # stored runs train single-threaded: the same config gives the same weights on any executor
 
 
@@ -53,7 +62,8 @@ def trained_checkpoint(cfg: RunConfig, store: Store, progress: bool = False,
     """The stored checkpoint of `cfg`'s trained network (trained once; it holds the weights and
     the initial weights `init_state`) and its metrics."""
     config, inputs = train_config(cfg), train_inputs(cfg)
-    metrics = store.cached("train", config, lambda: _train(cfg, progress, device), **inputs)  # once, even across workers
+    metrics = store.cached("train", config, lambda: _train(cfg, progress, device), code=TRAIN_CODE,
+                           **inputs)  # once, even across workers
     return store.path("train", store.key("train", config, **inputs)) / "artifacts" / "checkpoint.pt", metrics
 
 
@@ -106,5 +116,6 @@ def mip_scores(model: nn.Sequential, cfg: RunConfig, store: Store, correct_only:
     """MIP scores of `model` on its balanced training batch (see `score_inputs`), solved once per key."""
     x, y, inputs = score_inputs(model, cfg.data, cfg.score, correct_only)
     result = store.cached("score", to_dict(cfg.score),
-                          lambda: score(model, x, y, cfg.score, inputs["batch_indices"]).to_dict(), **inputs)
+                          lambda: score(model, x, y, cfg.score, inputs["batch_indices"]).to_dict(), code=SCORE_CODE,
+                          **inputs)
     return Scores.from_dict(result)

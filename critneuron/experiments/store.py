@@ -3,7 +3,12 @@
 Job: persist results at the edge of the computation. One folder per run key,
 ``<root>/<kind>/<key>/``, holding ``config.json``, ``meta.json`` (kind, key, inputs, time),
 ``log.txt``, ``artifacts/<name>`` and, written last, ``result.json``: a folder is complete
-exactly when its ``result.json`` exists. Everything is first written into a temp folder
+exactly when its ``result.json`` exists.
+The key covers what the run computes (config and inputs); the code that computed it is recorded
+in ``meta.json`` (``code``: entries, fingerprint and git commit, see `critneuron.experiments.fingerprint`). A
+complete run whose code has changed since is **stale**: `Store.cached` recomputes it and
+`Store.write` replaces it; the stale run stays in place until the new one is complete, and is
+deleted only after the new one has been renamed into place. Everything is first written into a temp folder
 ``<root>/<kind>/.tmp-<key>-<random>`` and then moved into place with one ``os.rename``, so a
 crash or SIGKILL at any moment never leaves a folder that reads as complete, and two workers
 writing the same key leave one intact result (the second discards its copy). A failed run is
@@ -35,6 +40,7 @@ import numpy as np
 
 from critneuron.config import config_hash, to_dict
 from critneuron.errors import CritneuronError
+from critneuron.experiments.fingerprint import Code, is_current
 
 if TYPE_CHECKING:
     import pandas
@@ -147,11 +153,12 @@ def _dump_json(path: Path, value: Any) -> None:
     _write_bytes(path, json.dumps(_plain(value), indent=1, sort_keys=True).encode())
 
 
-def _meta(kind: str, key: str, inputs: Mapping | None) -> dict:
+def _meta(kind: str, key: str, inputs: Mapping | None, code: Code | None) -> dict:
     return {
         "kind": kind,
         "key": key,
         "inputs": dict(inputs or {}),
+        "code": code.record() if code is not None else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": socket.gethostname(),
         "pid": os.getpid(),
@@ -163,7 +170,8 @@ class Store:
 
     Example:
         >>> store = Store("results")
-        >>> result = store.cached("prune", cfg, lambda: prune_task(cfg), **versions())
+        >>> result = store.cached("prune", cfg, lambda: prune_task(cfg), code=Code(("critneuron.experiment",)),
+        ...                       **versions())
     """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
@@ -188,6 +196,10 @@ class Store:
         """Whether the run's ``result.json`` exists (it is written last, atomically)."""
         return (self.path(kind, key) / RESULT).is_file()
 
+    def is_fresh(self, kind: str, key: str, code: Code) -> bool:
+        """Whether the run is complete and was computed by today's `code` (same fingerprint)."""
+        return self.is_complete(kind, key) and self._fingerprint(self.path(kind, key)) == code.fingerprint()
+
     def read(self, kind: str, key: str) -> dict:
         """Config, result, meta and artifact names of a complete run."""
         folder = self.path(kind, key)
@@ -211,14 +223,17 @@ class Store:
         return _decode_artifact(self.path(kind, key) / ARTIFACTS / name)
 
     def write(self, kind: str, key: str, config: Any, output: RunOutput | dict,
-              inputs: Mapping | None = None) -> bool:
-        """Store a complete run atomically; False if another writer completed it first."""
+              inputs: Mapping | None = None, code: Code | None = None) -> bool:
+        """Store a complete run computed by `code` atomically, replacing a failed run and a
+        complete one of other (or unrecorded) code; False if another writer completed it with the
+        same code first. Without `code` (not recorded: the run reads as stale) it replaces no
+        complete run."""
         output = output if isinstance(output, RunOutput) else RunOutput(result=output)
         if not isinstance(output.result, Mapping):
             raise TypeError(f"a result must be a dict, got {type(output.result).__name__}")
         tmp = self._temp(kind, key)
         try:
-            self._fill(tmp, kind, key, config, inputs, output.log)
+            self._fill(tmp, kind, key, config, inputs, output.log, code)
             (tmp / ARTIFACTS).mkdir()
             for name, value in output.artifacts.items():
                 _check_name(name, "artifact")
@@ -227,32 +242,33 @@ class Store:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return self._publish(tmp, self.path(kind, key))
+        return self._publish(tmp, self.path(kind, key), code.fingerprint() if code is not None else None)
 
     def record_failure(self, kind: str, key: str, config: Any, error_text: str,
                        inputs: Mapping | None = None, log: str = "") -> bool:
-        """Record a failed run (``failed.json``); never replaces a complete run."""
+        """Record a failed run (``failed.json``); never replaces a complete run, stale or not."""
         tmp = self._temp(kind, key)
         try:
-            self._fill(tmp, kind, key, config, inputs, log)
+            self._fill(tmp, kind, key, config, inputs, log, None)
             _dump_json(tmp / FAILED, {"error": error_text, "host": socket.gethostname()})
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        return self._publish(tmp, self.path(kind, key))
+        return self._publish(tmp, self.path(kind, key), None)
 
-    def cached(self, kind: str, config: Any, compute_fn: Callable[[], RunOutput | dict],
+    def cached(self, kind: str, config: Any, compute_fn: Callable[[], RunOutput | dict], *, code: Code,
                **inputs: Any) -> dict:
-        """The stored result of this run if complete; else ``compute_fn()``, stored, returned.
+        """The stored result of this run if complete and computed by today's `code`; else
+        ``compute_fn()``, stored (replacing a stale run), returned.
 
         Concurrent callers of one key compute it once (see `lock`). The result is always read
         back from disk, so fresh and cached calls return the same.
         """
         key = self.key(kind, config, **inputs)
-        if not self.is_complete(kind, key):
+        if not self.is_fresh(kind, key, code):
             with self.lock(kind, key):
-                if not self.is_complete(kind, key):  # not finished by another process meanwhile
-                    self.write(kind, key, config, compute_fn(), inputs=inputs)
+                if not self.is_fresh(kind, key, code):  # not finished by another process meanwhile
+                    self.write(kind, key, config, compute_fn(), inputs=inputs, code=code)
         return self.read(kind, key)["result"]
 
     @contextmanager
@@ -280,7 +296,11 @@ class Store:
         return found[0]
 
     def ls(self, kind: str | None = None) -> list[dict]:
-        """Records (kind, key, status, path, error) of every run folder, sorted."""
+        """Records (kind, key, status, path, error, code) of every run folder, sorted.
+
+        ``code`` of a complete run: "fresh" if its recorded code entries still have the recorded
+        fingerprint, else "stale" (also when no code was recorded); None for other runs.
+        """
         kinds = [kind] if kind is not None else self._kinds()
         records = []
         for name in kinds:
@@ -334,9 +354,10 @@ class Store:
 
     def _record(self, kind: str, key: str) -> dict:
         folder = self.root / kind / key
-        record = {"kind": kind, "key": key, "status": "incomplete", "path": str(folder)}
+        record = {"kind": kind, "key": key, "status": "incomplete", "path": str(folder), "code": None}
         if (folder / RESULT).is_file():
             record["status"] = "complete"
+            record["code"] = "fresh" if is_current(self._code(folder)) else "stale"
         elif (folder / FAILED).is_file():
             record["status"] = "failed"
             record["error"] = json.loads((folder / FAILED).read_text())["error"]
@@ -349,38 +370,63 @@ class Store:
         tmp.mkdir()
         return tmp
 
-    def _fill(self, tmp: Path, kind: str, key: str, config: Any, inputs: Mapping | None, log: str) -> None:
+    def _fill(self, tmp: Path, kind: str, key: str, config: Any, inputs: Mapping | None, log: str,
+              code: Code | None) -> None:
         _dump_json(tmp / CONFIG, config)
-        _dump_json(tmp / META, _meta(kind, key, inputs))
+        _dump_json(tmp / META, _meta(kind, key, inputs, code))
         _write_bytes(tmp / LOG, log.encode())
 
-    def _publish(self, tmp: Path, final: Path) -> bool:
-        """Rename ``tmp`` to ``final``; keep an existing complete run, replace a failed one."""
-        for _ in range(10):
-            try:
-                os.rename(tmp, final)
-                return True
-            except OSError as err:
-                if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
-                    raise
-            if (final / RESULT).is_file():
-                shutil.rmtree(tmp, ignore_errors=True)
-                return False
-            self._retire(final)
-        raise OSError(f"could not publish {final}: other writers keep replacing it")
-
     @staticmethod
-    def _retire(final: Path) -> None:
-        """Move an incomplete (failed) run folder aside and delete it."""
+    def _code(folder: Path) -> dict | None:
+        """The code record of a run folder's meta.json (None if absent)."""
+        try:
+            return json.loads((folder / META).read_text()).get("code")
+        except FileNotFoundError:
+            return None
+
+    def _fingerprint(self, folder: Path) -> str | None:
+        return (self._code(folder) or {}).get("fingerprint")
+
+    def _keeps(self, folder: Path, fingerprint: str | None) -> bool:
+        """Whether ``folder`` holds a complete run that a write of code `fingerprint` keeps: any
+        complete run for a failure (None), one of the same fingerprint for a result."""
+        if not (folder / RESULT).is_file():
+            return False
+        return fingerprint is None or self._fingerprint(folder) == fingerprint
+
+    def _publish(self, tmp: Path, final: Path, fingerprint: str | None) -> bool:
+        """Rename ``tmp`` to ``final``; keep an existing run that `_keeps` says stays, replace
+        any other (failed, or complete but computed by other code). A replaced run is deleted only
+        once ``tmp`` is in place, so a crash in between leaves both on disk."""
+        retired: list[Path] = []
+        try:
+            for _ in range(10):
+                try:
+                    os.rename(tmp, final)
+                    return True
+                except OSError as err:
+                    if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                        raise
+                if self._keeps(final, fingerprint):
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return False
+                retired.extend(self._retire(final, fingerprint))
+            raise OSError(f"could not publish {final}: other writers keep replacing it")
+        finally:
+            for trash in retired:
+                shutil.rmtree(trash, ignore_errors=True)
+
+    def _retire(self, final: Path, fingerprint: str | None) -> list[Path]:
+        """Move a run folder that a write replaces aside; the folder it now lies in (if moved)."""
         trash = final.parent / f".trash-{final.name}-{uuid.uuid4().hex}"
         try:
             os.rename(final, trash)
         except FileNotFoundError:
-            return
-        if (trash / RESULT).is_file():  # completed by another writer since we looked: restore it
+            return []
+        if self._keeps(trash, fingerprint):  # completed by another writer since we looked: restore it
             try:
                 os.rename(trash, final)
-                return
+                return []
             except OSError:
                 pass
-        shutil.rmtree(trash, ignore_errors=True)
+        return [trash]

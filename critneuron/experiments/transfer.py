@@ -13,7 +13,9 @@ cross-entropy of the log-softmax.
 
 Every stage is cached in the result store: A's training (kind "train") and scores ("score") as in
 `critneuron.experiments.runs`, each retraining on B under kind "retrain", keyed by model, B's data and
-schedule, the initial weights' hash, the mask and the versions.
+schedule, the initial weights' hash, the mask and the versions. Retraining's code (`RETRAIN_CODE`)
+is its own only: its inputs are values (the initial weights' hash and the mask itself), not
+references to the stages that made them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from critneuron.config import (
 )
 from critneuron.errors import ConfigError
 from critneuron.experiments.decoupled import decoupled_mip_scores, decoupled_network
-from critneuron.experiments.runs import TRAIN_THREADS, mip_scores, trained_checkpoint, weights_hash
+from critneuron.experiments.fingerprint import Code
+from critneuron.experiments.runs import TRAIN_THREADS, TRAINING_MODULES, mip_scores, trained_checkpoint, weights_hash
 from critneuron.experiments.store import Store
 from critneuron.mip.scores import Scores
 from critneuron.nets.data import dataset_source, load_split
@@ -41,6 +44,7 @@ from critneuron.pruning.baselines import baseline_masks, snip_batch
 from critneuron.pruning.masks import Masks, freeze_masks, masks_from_scores, pruning_stats, unfreeze_masks
 
 VARIANTS = ("reference", "mip", "random", "snip")
+RETRAIN_CODE = Code((*TRAINING_MODULES, "critneuron.pruning.masks", "critneuron.experiments.transfer:_retrain"))
 # The paper's pruning at initialisation (PAPER_SPEC §9.3): the MIP on the untrained LeNet-5, B = 5,
 # λ = 1, τ = 0.2 (relaxed), ε = 1e-5, 5 resets; each target trains the mask with its own schedule,
 # 20 epochs on MNIST and Fashion-MNIST, 256 on CIFAR-10. With the authors' initialisation the conv
@@ -104,7 +108,8 @@ def retrained_accuracy(model_cfg: ModelConfig, init_state: State, masks: Masks |
     inputs = {"init_weights": weights_hash(init), "masks": None if masks is None else masks.to_dict(),
               "source": dataset_source(data), "torch": torch.__version__, "torch_threads": TRAIN_THREADS}
     return store.cached("retrain", config,
-                        lambda: _retrain(model_cfg, init_state, masks, data, train_cfg, bias), **inputs)
+                        lambda: _retrain(model_cfg, init_state, masks, data, train_cfg, bias), code=RETRAIN_CODE,
+                        **inputs)
 
 
 def _scored_source(cfg: RunConfig, store: Store, at_init: bool, decoupled: bool) -> tuple[nn.Sequential, State, Scores]:

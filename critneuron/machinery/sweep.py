@@ -3,7 +3,10 @@
 Job: expand a sweep file into full run configs, skip those already complete in the store,
 run the rest on Dask distributed and record every run's result or error.
 
-Sweep files are parsed and expanded by `machinery.sweepfile`.
+Sweep files are parsed and expanded by `machinery.sweepfile`. Each run is stored under
+``store.key(kind, config, **versions())``, with the task's code (`Sweep.code`: the task's module
+whole, and the modules it imports, see `experiments.fingerprint`): a stored run whose code has
+changed since is stale and runs again.
 
 Task contract: a task is a top-level function ``fn(config: dict) -> dict`` (or
 `critneuron.experiments.store.RunOutput` to add artifacts and a log) importable on every worker. It runs in
@@ -48,6 +51,7 @@ from distributed import Client, LocalCluster, as_completed
 from tqdm import tqdm
 
 from critneuron.errors import ConfigError, CritneuronError
+from critneuron.experiments.fingerprint import Code
 from critneuron.experiments.store import RESULTS_ENV, RunOutput, Store, versions
 from critneuron.machinery.sweepfile import Sweep, expand, load_sweep
 
@@ -111,26 +115,27 @@ def _call_task(task: str, config: dict, root: str, log: io.StringIO) -> RunOutpu
     return output if isinstance(output, RunOutput) else RunOutput(result=output)
 
 
-def run_item(task: str, kind: str, config: dict, key: str, root: str, inputs: dict) -> tuple[str, str]:
-    """Run one sweep item (on a worker) and store its result or failure.
+def run_item(task: str, kind: str, config: dict, key: str, root: str, inputs: dict, code: Code) -> tuple[str, str]:
+    """Run one sweep item (on a worker) and store its result (with its `code`) or failure.
 
     Returns (status, error text), status one of "done", "skipped", "failed". Never raises
     for a failing task: the traceback is recorded in the store instead.
     """
     store = Store(root)
     with store.lock(kind, key):  # another sweep may be running the same key
-        if store.is_complete(kind, key):
+        if store.is_fresh(kind, key, code):
             return SKIPPED, ""
-        return _run_and_store(store, task, kind, config, key, inputs)
+        return _run_and_store(store, task, kind, config, key, inputs, code)
 
 
-def _run_and_store(store: Store, task: str, kind: str, config: dict, key: str, inputs: dict) -> tuple[str, str]:
+def _run_and_store(store: Store, task: str, kind: str, config: dict, key: str, inputs: dict,
+                   code: Code) -> tuple[str, str]:
     log, start = io.StringIO(), time.perf_counter()
     try:
         output = _call_task(task, config, str(store.root), log)
         header = f"task {task} on pid {os.getpid()}: {time.perf_counter() - start:.2f} s\n"
         output = dataclasses.replace(output, log=header + log.getvalue() + output.log)
-        store.write(kind, key, config, output, inputs=inputs)
+        store.write(kind, key, config, output, inputs=inputs, code=code)
         return DONE, ""
     except Exception:
         error = traceback.format_exc()
@@ -146,24 +151,26 @@ class SweepPlan:
     kind: str
     root: str
     inputs: dict
+    code: Code
     todo: list[tuple[dict, str]]
     skipped: int
 
 
 def plan_sweep(sweep: Sweep, store: Store) -> SweepPlan:
-    """Keys of every run of the sweep; complete ones are skipped."""
-    inputs = versions()
+    """Keys of every run of the sweep; complete runs of today's code are skipped."""
+    inputs, code = versions(), sweep.code
     keyed = [(config, store.key(sweep.kind, config, **inputs)) for config in expand(sweep)]
-    todo = [(config, key) for config, key in keyed if not store.is_complete(sweep.kind, key)]
+    todo = [(config, key) for config, key in keyed if not store.is_fresh(sweep.kind, key, code)]
     root = str(store.root.resolve())
-    return SweepPlan(sweep.task, sweep.kind, root, inputs, todo, len(keyed) - len(todo))
+    return SweepPlan(sweep.task, sweep.kind, root, inputs, code, todo, len(keyed) - len(todo))
 
 
 def sweep_results(sweep: Sweep, store: Store) -> list[dict]:
-    """Results of the sweep's complete runs, in the sweep's order (failed or missing ones left out)."""
-    inputs = versions()
+    """Results of the sweep's complete runs of today's code, in the sweep's order (failed,
+    missing or stale ones left out)."""
+    inputs, code = versions(), sweep.code
     keys = [store.key(sweep.kind, config, **inputs) for config in expand(sweep)]
-    return [store.read(sweep.kind, key)["result"] for key in keys if store.is_complete(sweep.kind, key)]
+    return [store.read(sweep.kind, key)["result"] for key in keys if store.is_fresh(sweep.kind, key, code)]
 
 
 def collect(sweep: Sweep, store: Store, scheduler: str | None = "serial", progress: bool = False) -> list[dict]:
@@ -183,12 +190,12 @@ def _tick(bar: tqdm, summary: SweepSummary, key: str, status: str, error: str) -
 
 def _run_serial(plan: SweepPlan, summary: SweepSummary, bar: tqdm) -> None:
     for config, key in plan.todo:
-        _tick(bar, summary, key, *run_item(plan.task, plan.kind, config, key, plan.root, plan.inputs))
+        _tick(bar, summary, key, *run_item(plan.task, plan.kind, config, key, plan.root, plan.inputs, plan.code))
 
 
 def _run_dask(plan: SweepPlan, client: Client, summary: SweepSummary, bar: tqdm) -> None:
     futures = {
-        client.submit(run_item, plan.task, plan.kind, config, key, plan.root, plan.inputs,
+        client.submit(run_item, plan.task, plan.kind, config, key, plan.root, plan.inputs, plan.code,
                       key=f"{plan.kind}-{key}-{uuid.uuid4().hex[:8]}"): (config, key)
         for config, key in plan.todo
     }

@@ -31,6 +31,7 @@ import yaml
 
 from critneuron.config import RunConfig, canonical_json, from_dict, to_dict
 from critneuron.errors import ConfigError
+from critneuron.experiments.fingerprint import Code
 
 
 SWEEP_KEYS = ("task", "kind", "description", "base", "grid", "list")
@@ -47,6 +48,12 @@ class Sweep:
     grid: Mapping[str, list] = field(default_factory=dict)
     items: tuple[Mapping[str, Any], ...] = ()
     description: str = ""
+
+    @property
+    def code(self) -> Code:
+        """The code of the sweep's runs: the task's module, whole (its results hold everything the
+        task computes, so any stage it runs counts)."""
+        return Code((self.task.partition(":")[0],))
 
 
 def _field_hint(cls: type, name: str, dotted: str) -> Any:

@@ -63,14 +63,15 @@ def _writable(path: Path) -> bool:
     return os.access(path, os.W_OK) and bool(path.stat().st_mode & write_bits)
 
 
-def cache_dir(root: str | os.PathLike | None = None) -> Path:
-    """Where tensor caches go: `$CRITNEURON_CACHE`, else `<root>/critneuron-cache` if the root
-    is writable, else `~/.cache/critneuron`."""
+def cache_dir() -> Path:
+    """Where tensor caches go: `$CRITNEURON_CACHE`, else `$XDG_CACHE_HOME/critneuron`, else
+    `~/.cache/critneuron`; never into a data root unless `$CRITNEURON_CACHE` says so. Cache
+    files name their data root (a hash of its path), so one cache serves several roots."""
     env = os.environ.get("CRITNEURON_CACHE")
     if env:
         return Path(env).expanduser()
-    root = data_root(root)
-    return root / "critneuron-cache" if _writable(root) else Path.home() / ".cache" / "critneuron"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "critneuron"
 
 
 def dataset_source(cfg: DataConfig) -> str:
@@ -154,7 +155,7 @@ def _open_torchvision(dataset: str, root: Path, train: bool, download: bool) -> 
 
 def _extract_jpeg_zip(dataset: str, root: Path) -> Path:
     """Unpack a dataset's JPEG copy once into the cache dir; return the folder."""
-    target = cache_dir(root) / f"{dataset}-jpeg-{_root_key(root)}"
+    target = cache_dir() / f"{dataset}-jpeg-{_root_key(root)}"
     if (target / ".complete").exists():
         return target
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
@@ -213,7 +214,7 @@ def official_split(cfg: DataConfig, train: bool, download: bool = True) -> tuple
     root, source = data_root(cfg.root), dataset_source(cfg)
     name = "train" if train else "test"
     key = f"{cfg.dataset}-{name}-{_SOURCE_SLUGS[source]}-{_root_key(root)}-v{_CACHE_FORMAT}.pt"
-    path = cache_dir(root) / key
+    path = cache_dir() / key
     if path.is_file():
         blob = torch.load(path, weights_only=True)
         return blob["images"], blob["labels"]

@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from critneuron.config import DataConfig, ModelConfig, TrainConfig, from_dict, to_dict
-from critneuron.errors import CritneuronError
+from critneuron.errors import CheckpointError
 from critneuron.nets.data import TensorData, iterate_batches
 from critneuron.nets.models import build_model, evaluating
 
@@ -188,17 +188,31 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, Any]]:
     """Rebuild the model from a checkpoint alone; meta holds the configs (as dataclasses),
-    `init_state`, `metrics` and `torch_version`."""
-    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
-    if blob.get("format") != CHECKPOINT_FORMAT:
-        raise CritneuronError(f"{path} is not a critneuron checkpoint of format {CHECKPOINT_FORMAT}")
-    model_cfg = from_dict(ModelConfig, blob["model_config"])
-    model = build_model(model_cfg.name, model_cfg.width)
-    model.load_state_dict(blob["state_dict"])
-    meta = {
-        "model_config": model_cfg,
-        "data_config": from_dict(DataConfig, blob["data_config"]),
-        "train_config": from_dict(TrainConfig, blob["train_config"]),
-        **{key: blob[key] for key in ("init_state", "metrics", "torch_version")},
-    }
+    `init_state`, `metrics` and `torch_version`. CheckpointError (naming the file) if it is not
+    a readable critneuron checkpoint."""
+    try:
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # corrupt or foreign files fail in pickle, zipfile, torch or OS code
+        # torch's own text (e.g. "rerun with weights_only=False") misleads for a corrupt file
+        raise CheckpointError(f"{path} is not a critneuron checkpoint: torch cannot load it "
+                              f"({type(err).__name__})") from err
+    if not isinstance(blob, dict) or blob.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path} is not a critneuron checkpoint of format {CHECKPOINT_FORMAT}")
+    try:
+        model_cfg = from_dict(ModelConfig, blob["model_config"])
+        model = build_model(model_cfg.name, model_cfg.width)
+        model.load_state_dict(blob["state_dict"])
+        meta = {
+            "model_config": model_cfg,
+            "data_config": from_dict(DataConfig, blob["data_config"]),
+            "train_config": from_dict(TrainConfig, blob["train_config"]),
+            **{key: blob[key] for key in ("init_state", "metrics", "torch_version")},
+        }
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise CheckpointError(f"{path} is a damaged critneuron checkpoint: {_one_line(err)}") from err
     return model, meta
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
