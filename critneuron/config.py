@@ -24,6 +24,7 @@ Loss = Literal["ce", "margin"]
 FirstLP = Literal["simplex", "ipm"]
 Bias = Literal["keep-bias", "remove"]
 BatchRule = Literal["random", "authors"]
+RandomRule = Literal["uniform", "authors"]
 
 
 def choices(cls: type, name: str) -> tuple:
@@ -165,9 +166,13 @@ class PruneConfig:
     )
     bias: Bias = field(default="keep-bias", metadata={"help": "keep-bias (paper) or remove"})
     finetune_epochs: int = field(default=0, metadata={"help": "fine-tune the pruned net this many epochs (paper: 1; LeNet-5 on MNIST 2)"})
+    random_rule: RandomRule = field(default="uniform", metadata={
+        "help": "the random baseline: uniform (exactly the MIP mask's per-layer counts) or authors (draws with "
+                "replacement among the units scored above 0, as the authors' code; may prune fewer)"})
 
     def __post_init__(self) -> None:
-        _check_choice("bias", self.bias, choices(PruneConfig, "bias"))
+        for name in ("bias", "random_rule"):
+            _check_choice(name, getattr(self, name), choices(PruneConfig, name))
         _check_positive("finetune_epochs", self.finetune_epochs, allow_zero=True)
         if isinstance(self.threshold, str):
             _check_choice("threshold", self.threshold, ("mean",))

@@ -72,14 +72,15 @@ def test_transfer_run_on_small_subsets(base: RunConfig, tmp_path: Path) -> None:
     assert all(torch.equal(init[k], v) for k, v in build_model("fc3", seed=0).state_dict().items())
     pct = pruning_stats(model, mip)["pct_neurons_pruned"]
     assert 0 < pct < 100
-    assert [r["pct_neurons_pruned"] for r in rows] == [0.0, pct, pct, pct]
+    authors = pruning_stats(model, masks["snip-authors"])["pct_neurons_pruned"]  # its own counts: 45 % of all kept
+    assert [r["pct_neurons_pruned"] for r in rows] == [0.0, pct, pct, pct, authors] and 0 < authors < 100
     assert all(r["masked_weights_max"] == 0.0 for r in rows)
     assert all(0.3 < r["test_accuracy"] <= 1 for r in rows)  # Fashion-MNIST after 1 short epoch; chance is 0.1
     assert len({r["test_accuracy"] for r in rows}) > 1
     reference = source_config(base, "fc3", "fashion-mnist", seed=0, epochs=1)  # the ordinary experiment on B
     assert rows[0]["test_accuracy"] == trained_model(reference, store)[1]["test_accuracy"]
     runs = len(store.ls("retrain"))
-    assert runs == 3 and transfer_rows(cfg, ["fashion-mnist"], store, epochs=1) == rows
+    assert runs == 4 and transfer_rows(cfg, ["fashion-mnist"], store, epochs=1) == rows
     assert len(store.ls("retrain")) == runs and len(store.ls("train")) == 2
 
 

@@ -32,6 +32,7 @@ def table_row(row: dict[str, Any]) -> dict[str, Any]:
         "epochs": cfg["train"]["epochs"], "seed": cfg["train"]["seed"],
         "ref_test_acc": row["reference"]["test"]["accuracy"], "pruned_test_acc": row["pruned"]["test"]["accuracy"],
         "random_test_acc": row["random"]["test"]["accuracy"], "critical_test_acc": row["critical"]["test"]["accuracy"],
+        "random_rule": cfg["prune"].get("random_rule", "uniform"),
         "ref_train_acc": row["reference"]["train"]["accuracy"], "pruned_train_acc": row["pruned"]["train"]["accuracy"],
         "pct_neurons_pruned": stats["pct_neurons_pruned"], "pct_params_pruned": stats["pct_params_pruned"],
         "params_compact": stats["params_compact"], "flops_compact": stats["flops_compact"],

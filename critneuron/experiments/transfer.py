@@ -40,10 +40,12 @@ from critneuron.mip.scores import Scores
 from critneuron.nets.data import dataset_source, load_split
 from critneuron.nets.models import build_model
 from critneuron.nets.train import State, evaluate, load_checkpoint, torch_threads, train_model
-from critneuron.pruning.baselines import baseline_masks, snip_batch
+from critneuron.pruning.baselines import SNIP_AUTHORS, baseline_masks, snip_authors_masks, snip_batch
 from critneuron.pruning.masks import Masks, freeze_masks, masks_from_scores, pruning_stats, unfreeze_masks
 
-VARIANTS = ("reference", "mip", "random", "snip")
+# "snip" is ours (neuron-level SNIP of A's network at the MIP mask's per-layer counts); "snip-authors"
+# the authors' port (Xavier re-initialisation, nll_loss on the logits, the top 45 % of all neurons).
+VARIANTS = ("reference", "mip", "random", "snip", SNIP_AUTHORS)
 RETRAIN_CODE = Code((*TRAINING_MODULES, "critneuron.pruning.masks", "critneuron.experiments.transfer:_retrain"))
 # The paper's pruning at initialisation (PAPER_SPEC §9.3): the MIP on the untrained LeNet-5, B = 5,
 # λ = 1, τ = 0.2 (relaxed), ε = 1e-5, 5 resets; each target trains the mask with its own schedule,
@@ -127,7 +129,8 @@ def _scored_source(cfg: RunConfig, store: Store, at_init: bool, decoupled: bool)
 def source_masks(cfg: RunConfig, store: Store, at_init: bool = False,
                  decoupled: bool | None = None) -> tuple[State, dict[str, Masks | None]]:
     """A's initial weights and the masks to transfer, keyed by `VARIANTS`: None (reference), the
-    MIP mask at τ, a random mask (seed: the training seed) and the SNIP mask at its per-layer counts.
+    MIP mask at τ, a random mask (seed: the training seed) and our SNIP mask at its per-layer
+    counts, and the authors' SNIP mask (45 % of all neurons kept, its own counts).
 
     `at_init`: score the untrained network (its balanced batch need not be classified correctly).
     `decoupled` (default: for the models the paper trains decoupled, `ModelRecord.training`, i.e.
@@ -142,7 +145,8 @@ def source_masks(cfg: RunConfig, store: Store, at_init: bool = False,
     mip = masks_from_scores(scores, cfg.prune.resolve(cfg.model.name, cfg.data.dataset))
     x, y = snip_batch(load_split(cfg.data, "train"), seed=cfg.score.seed)
     masks = {"reference": None, "mip": mip, "random": baseline_masks("random", model, mip, seed=cfg.train.seed),
-             "snip": baseline_masks("snip", model, mip, x=x, y=y)}
+             "snip": baseline_masks("snip", model, mip, x=x, y=y),
+             SNIP_AUTHORS: snip_authors_masks(model, x, y, seed=cfg.train.seed)}
     return init_state, masks
 
 
@@ -191,7 +195,8 @@ def transfer_rows(cfg: RunConfig, targets: Sequence[str], store: Store, epochs: 
         >>> rows = transfer_rows(cfg, ["fashion-mnist"], Store("results"), epochs=3)  # doctest: +SKIP
     """
     init_state, masks = source_masks(cfg, store, at_init)
-    stats = pruning_stats(build_model(cfg.model.name, cfg.model.width), masks["mip"])
+    model = build_model(cfg.model.name, cfg.model.width)
+    stats = {variant: pruning_stats(model, mask) for variant, mask in masks.items() if mask is not None}
     rows = []
     for target, plan in transfer_plan(cfg, targets, epochs, at_init).items():
         data = dataclasses.replace(cfg.data, dataset=target)
@@ -205,8 +210,8 @@ def transfer_rows(cfg: RunConfig, targets: Sequence[str], store: Store, epochs: 
                          "seed": cfg.train.seed, "at_init": at_init, "variant": variant, "epochs": trained.epochs,
                          "lr": trained.lr, "tau": cfg.prune.resolve(cfg.model.name, cfg.data.dataset),
                          "test_accuracy": result["test_accuracy"],
-                         "pct_neurons_pruned": stats["pct_neurons_pruned"] if mask is not None else 0.0,
-                         "pct_params_pruned": stats["pct_params_pruned"] if mask is not None else 0.0,
+                         "pct_neurons_pruned": stats[variant]["pct_neurons_pruned"] if mask is not None else 0.0,
+                         "pct_params_pruned": stats[variant]["pct_params_pruned"] if mask is not None else 0.0,
                          "masked_weights_max": result["masked_weights_max"], "train_seconds": result["train_seconds"]})
     return rows
 

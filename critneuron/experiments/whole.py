@@ -18,7 +18,7 @@ from critneuron.experiments.store import Store, versions
 from critneuron.mip.scores import Scores
 from critneuron.nets.data import SPLITS, dataset_source, load_split
 from critneuron.nets.train import evaluate, resolve_device, train_model
-from critneuron.pruning.baselines import baseline_masks
+from critneuron.pruning.baselines import RANDOM_AUTHORS, baseline_masks
 from critneuron.pruning.masks import Masks, apply_masks, freeze_masks, masks_from_scores, pruning_stats
 
 
@@ -35,7 +35,7 @@ def _finetune(model: nn.Sequential, masks: Masks, cfg: RunConfig, train, val) ->
 
 
 def evaluate_masks(model: nn.Sequential, scores: Scores, cfg: RunConfig, data: dict) -> dict[str, Any]:
-    """Reference vs pruned (no fine-tuning), random and critical at the same per-layer counts,
+    """Reference vs pruned (no fine-tuning), random (`cfg.prune.random_rule`) and critical at the same per-layer counts,
     evaluated on CUDA when available (a copy of `model` goes there; `model` stays where it is)."""
     device = resolve_device()
     if next(model.parameters()).device != device:
@@ -45,9 +45,11 @@ def evaluate_masks(model: nn.Sequential, scores: Scores, cfg: RunConfig, data: d
     row: dict[str, Any] = {"threshold": threshold}
     for name, net in (("reference", model), ("pruned", apply_masks(model, masks, cfg.prune.bias))):
         row[name] = {"train": _accuracy(net, data["train"]), "test": _accuracy(net, data["test"])}
-    for method in ("random", "critical"):
+    random = "random" if cfg.prune.random_rule == "uniform" else RANDOM_AUTHORS
+    for column, method in (("random", random), ("critical", "critical")):
         like = baseline_masks(method, model, masks, seed=cfg.score.seed, scores=scores)
-        row[method] = {"test": _accuracy(apply_masks(model, like, cfg.prune.bias), data["test"])}
+        row[column] = {"test": _accuracy(apply_masks(model, like, cfg.prune.bias), data["test"]),
+                       "pct_neurons_pruned": pruning_stats(model, like)["pct_neurons_pruned"]}
     if cfg.prune.finetune_epochs:
         tuned = _finetune(apply_masks(model, masks, cfg.prune.bias), masks, cfg, data["train"], data["val"])
         row["finetuned"] = {"test": _accuracy(tuned, data["test"])}
