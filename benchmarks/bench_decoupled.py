@@ -26,7 +26,7 @@ from _common import add_common_args, environment, print_environment  # noqa: E40
 
 from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, paper_train_config  # noqa: E402
 from critneuron.errors import SolveError  # noqa: E402
-from critneuron.experiments.decoupled import decoupled_network  # noqa: E402
+from critneuron.experiments.decoupled import block_executor, decoupled_network  # noqa: E402
 from critneuron.experiments.store import Store  # noqa: E402
 from critneuron.mip.blocks import block_batches, block_problems, solve_blocks  # noqa: E402
 from critneuron.nets.data import load_split  # noqa: E402
@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="vgg16")
     parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (vgg16 only)")
     parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--workers", type=int, default=2, help="sub-MIPs solved at once")
+    parser.add_argument("--workers", type=int, default=2, help="sub-MIPs solved at once (a Dask LocalCluster)")
+    parser.add_argument("--scheduler", help="a Dask scheduler address, or 'serial' (default: a LocalCluster)")
     parser.add_argument("--first-lp", default="simplex", choices=("simplex", "ipm"))
     parser.add_argument("--mode", default="relaxed", choices=("relaxed", "exact"))
     parser.add_argument("--any-images", action="store_true", help="batches need not be classified correctly")
@@ -79,15 +80,15 @@ def main(argv: list[str] | None = None) -> None:
             "units": sum(c["units"] for c in prov["relu"].values()), "unstable": prov["unstable_units"],
             "variables": solver["n_variables"], "constraints": solver["n_constraints"],
             "bounds_s": prov["seconds"]["bounds"], "build_s": prov["seconds"]["build"],
-            "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"],
+            "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"], "peak_rss_gb": prov["peak_rss_gb"],
             "round_end_s": [round(h["seconds"], 2) for h in solver["history"]]}
         save()
 
     start = time.perf_counter()
     failed = ""
     try:
-        solve_blocks(problems[::-1] if args.deep_first else problems, cfg, workers=args.workers, progress=True,
-                     done=record)
+        with block_executor(args.scheduler, args.workers) as executor:
+            solve_blocks(problems[::-1] if args.deep_first else problems, cfg, executor, progress=True, done=record)
     except SolveError as err:
         failed = str(err)
     total = time.perf_counter() - start

@@ -17,7 +17,7 @@ from critneuron.mip.bounds import interval_bounds
 from critneuron.config import DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, paper_train_config
 from critneuron.errors import UnsupportedLayerError
 from critneuron.nets.data import load_split
-from critneuron.experiments.decoupled import decoupled_network, decoupled_run
+from critneuron.experiments.decoupled import block_executor, decoupled_network, decoupled_run
 from critneuron.nets.models import build_model
 from critneuron.mip.spec import network_spec
 from critneuron.experiments.store import Store
@@ -107,9 +107,12 @@ def test_parallel_solves_give_the_serial_scores() -> None:
     _net, problems, _x = toy_problems()
     cfg = ScoreConfig(time_limit=60)
     seen = []
-    serial = blocks.solve_blocks(problems, cfg, workers=1, done=lambda p, s: seen.append(p.name))
-    parallel = blocks.solve_blocks(problems, cfg, workers=2)
+    serial = blocks.solve_blocks(problems, cfg, done=lambda p, s: seen.append(p.name))
+    with block_executor(None, workers=2) as executor:  # a Dask LocalCluster of two worker processes
+        assert executor is not None
+        parallel = blocks.solve_blocks(problems, cfg, executor)
     assert sorted(seen) == ["block1", "tail"]
+    assert all(s.provenance["peak_rss_gb"] > 0 for s in serial + parallel)
     for a, b in zip(serial, parallel):
         assert list(a.layers) == list(b.layers)
         for name in a.layers:

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import io
 import time
+from concurrent.futures import Executor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +22,7 @@ from critneuron.experiments.runs import (
     SCORING, TRAIN_CODE, TRAIN_THREADS, TRAINING_MODULES, checkpoint_output, mip_scores, score_inputs, train_config, train_inputs, trained_model,
     weights_hash,
 )
+from critneuron.experiments.cluster import dask_client
 from critneuron.experiments.fingerprint import Code
 from critneuron.experiments.store import RunOutput, Store, versions
 from critneuron.experiments.whole import evaluate_masks
@@ -117,16 +120,38 @@ def decoupled_network(cfg: RunConfig, store: Store, training: str = "decoupled",
     return net, {**train_metrics, **metrics}
 
 
-def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training: str, workers: int = 1,
-                         progress: bool = False, batches: list[tuple] | None = None) -> Scores:
-    """Scores of every block's sub-MIP (each solved once per key, stored as it finishes), combined.
+@contextmanager
+def block_executor(scheduler: str | None, workers: int) -> Iterator[Executor | None]:
+    """Where sub-MIPs run: here, one after another (`scheduler` "serial", or None with one worker),
+    or on Dask: an embedded LocalCluster of `workers` processes (None) or the cluster at
+    `scheduler` (e.g. "tcp://host:8786")."""
+    if scheduler == "serial" or (scheduler is None and workers <= 1):
+        yield None
+        return
+    with dask_client(scheduler, workers if scheduler is None else None) as client:
+        yield client.get_executor()
 
-    `batches`: one (x, y, indices) per block; default `decoupled.block_batches` (each block's
-    batch chosen by its own head's correctness).
+
+def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training: str, workers: int = 1,
+                         progress: bool = False, batches: list[tuple] | None = None, *,
+                         scheduler: str | None = None, blocks: Sequence[int] | None = None,
+                         correct_only: bool = True) -> Scores:
+    """Scores of every block's sub-MIP (each solved once per key, stored as it finishes, so a
+    killed run resumes), combined.
+
+    `batches`: one (x, y, indices) per block; default `mip.blocks.block_batches` (each block's
+    batch chosen by its own head's correctness; `correct_only=False`: any images of each class).
+    `blocks`: 1-based numbers of the blocks to score (default all; the tail is the last). The
+    sub-MIPs run where `block_executor(scheduler, workers)` says.
     """
     train = load_split(cfg.data, "train")
-    batches = batches or block_batches(net, train, cfg.score.batch_size, cfg.score.seed)
+    batches = batches or block_batches(net, train, cfg.score.batch_size, cfg.score.seed, correct_only)
     problems = block_problems(net, batches, cfg.score.epsilon)
+    if blocks:
+        wrong = sorted(set(blocks) - set(range(1, len(problems) + 1)))
+        if wrong:
+            raise ConfigError(f"blocks {wrong} do not exist: this network has blocks 1-{len(problems)}")
+        problems = [problems[k - 1] for k in sorted(set(blocks))]
     common = {"weights": weights_hash(net.model), "heads": weights_hash(net.heads), "dataset": cfg.data.dataset,
               "source": dataset_source(cfg.data), "solver": solver_version(cfg.score), **versions()}
     entries = {p.name: ({**to_dict(cfg.score), "block": p.name}, {**common, "batch_indices": p.batch_indices})
@@ -139,7 +164,9 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
         config, inputs = entries[problem.name]
         store.write("score", keys[problem.name], config, scores.to_dict(), inputs=inputs, code=code)
 
-    solve_blocks(todo, cfg.score, workers=workers, progress=progress, done=save)
+    if todo:
+        with block_executor(scheduler, workers) as executor:
+            solve_blocks(todo, cfg.score, executor, progress=progress, done=save)
     stored = [Scores.from_dict(store.read("score", keys[p.name])["result"]) for p in problems]
     return combine(stored, training)
 

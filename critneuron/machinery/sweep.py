@@ -46,11 +46,11 @@ from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from dask.system import CPU_COUNT
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, as_completed
 from tqdm import tqdm
 
 from critneuron.errors import ConfigError, CritneuronError
+from critneuron.experiments.cluster import dask_client
 from critneuron.experiments.fingerprint import Code
 from critneuron.experiments.store import RESULTS_ENV, RunOutput, Store, versions
 from critneuron.machinery.sweepfile import Sweep, expand, load_sweep
@@ -209,19 +209,6 @@ def _run_dask(plan: SweepPlan, client: Client, summary: SweepSummary, bar: tqdm)
         _tick(bar, summary, key, status, error)
 
 
-@contextmanager
-def _client(scheduler: str | None, n_workers: int | None) -> Iterator[Client]:
-    """A client on an embedded LocalCluster (scheduler None) or on ``scheduler``."""
-    if scheduler is not None:
-        with Client(scheduler) as client:
-            yield client
-        return
-    n_workers = n_workers or CPU_COUNT
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
-        yield client
-
-
 def run_sweep(sweep: Sweep, store: Store, scheduler: str | None = None,
               n_workers: int | None = None, progress: bool = True) -> SweepSummary:
     """Run every incomplete run of ``sweep``; see the module docstring for ``scheduler``.
@@ -241,7 +228,7 @@ def run_sweep(sweep: Sweep, store: Store, scheduler: str | None = None,
         if scheduler == "serial":
             _run_serial(plan, summary, bar)
         elif plan.todo:
-            with _client(scheduler, n_workers) as client:
+            with dask_client(scheduler, n_workers) as client:
                 _run_dask(plan, client, summary, bar)
     summary.wall_s = time.perf_counter() - start
     return summary

@@ -3,17 +3,20 @@ input boxes, parallel solving, and the combined scores.
 
 Block k + head k's MIP scores Conv_k (plus the head's layers, whose scores are dropped); the
 tail's MIP scores every scored layer in it. The sub-MIPs are independent and are solved in
-parallel; each input box is the whole network's interval bounds at the block's input.
+parallel on any `concurrent.futures` executor (a Dask cluster's, see `experiments.cluster`); each
+input box is the whole network's interval bounds at the block's input.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Executor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
+
+import psutil
 
 import numpy as np
 import torch
@@ -79,13 +82,36 @@ def block_problems(net: Decoupled, batches: list[tuple], epsilon: float) -> list
 
 def solve_block(problem: BlockProblem, cfg: ScoreConfig) -> Scores:
     """Score one sub-MIP; the result keeps only the network's own layers, and its provenance
-    names the block and the head layers that were scored and dropped."""
+    names the block, the head layers that were scored and dropped, the wall time and the peak
+    resident memory of the process while it solved."""
     start = time.perf_counter()
-    full = score(problem.sub_model, problem.x, problem.y, cfg, problem.batch_indices, problem.input_box)
+    with peak_memory() as peak:
+        full = score(problem.sub_model, problem.x, problem.y, cfg, problem.batch_indices, problem.input_box)
     prov = {**full.provenance, "block": problem.name, "kept_layers": problem.kept,
             "dropped_layers": [n for n in full.layers if n not in problem.kept],
-            "wall_seconds": time.perf_counter() - start}
+            "wall_seconds": time.perf_counter() - start, "peak_rss_gb": peak["gb"]}
     return Scores({n: full.layers[n] for n in problem.kept}, "mip", prov)
+
+
+@contextmanager
+def peak_memory(every: float = 0.1) -> Iterator[dict[str, float]]:
+    """Sample this process's resident memory in a thread while the block runs; the peak (GB) is
+    in the yielded dict's "gb" afterwards."""
+    process, peak, stop = psutil.Process(), {"gb": 0.0}, threading.Event()
+
+    def sample() -> None:
+        while True:
+            peak["gb"] = max(peak["gb"], process.memory_info().rss / 2**30)
+            if stop.wait(every):
+                return
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peak
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _solve_block_dict(problem: BlockProblem, cfg: ScoreConfig) -> dict:
@@ -93,9 +119,10 @@ def _solve_block_dict(problem: BlockProblem, cfg: ScoreConfig) -> dict:
     return solve_block(problem, cfg).to_dict()
 
 
-def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, workers: int = 1, progress: bool = False,
-                 done: Callable[[BlockProblem, Scores], None] | None = None) -> list[Scores]:
-    """Solve the sub-MIPs, serially (`workers` = 1) or in a process pool; results in block order.
+def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, executor: Executor | None = None,
+                 progress: bool = False, done: Callable[[BlockProblem, Scores], None] | None = None) -> list[Scores]:
+    """Solve the sub-MIPs, here one after another, or on `executor` (e.g. a Dask client's
+    `get_executor()`, see `experiments.cluster`) all at once; results in block order.
 
     `done(problem, scores)` is called as each one finishes (e.g. to store it), so a failure in
     one block loses none of the others; failures are raised together at the end as `SolveError`.
@@ -109,8 +136,8 @@ def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, workers: int = 
             results[i] = outcome()
         except CritneuronError as err:
             errors[problems[i].name] = str(err)
-        except BrokenProcessPool:
-            errors[problems[i].name] = "its worker process died (out of memory? try fewer workers)"
+        except Exception as err:  # a worker that died (memory?) or was lost: the other blocks go on
+            errors[problems[i].name] = f"its worker failed ({type(err).__name__}: {err}); out of memory? try fewer workers"
         else:
             report = results[i].provenance["solver"]
             bar.set_postfix_str(f"{problems[i].name}: {report['status']} in {results[i].provenance['wall_seconds']:.1f} s")
@@ -120,14 +147,13 @@ def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, workers: int = 
             tqdm.write(f"{problems[i].name} failed: {errors[problems[i].name]}")
         bar.update(1)
 
-    if workers <= 1:
+    if executor is None:
         for i, problem in enumerate(problems):
             finish(i, lambda p=problem: solve_block(p, cfg))
     else:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(_solve_block_dict, p, cfg): i for i, p in enumerate(problems)}
-            for future in as_completed(futures):
-                finish(futures[future], lambda f=future: Scores.from_dict(f.result()))
+        futures = {executor.submit(_solve_block_dict, p, cfg): i for i, p in enumerate(problems)}
+        for future in as_completed(futures):
+            finish(futures[future], lambda f=future: Scores.from_dict(f.result()))
     bar.close()
     if errors:
         raise SolveError("sub-MIPs failed: " + "; ".join(f"{name}: {msg}" for name, msg in errors.items()))
@@ -148,6 +174,7 @@ def combine(block_scores: list[Scores], training: str) -> Scores:
                      "constraints": solver["n_constraints"], "binaries": solver["n_binaries"],
                      "bounds_s": prov["seconds"]["bounds"], "build_s": prov["seconds"]["build"],
                      "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"],
+                     "peak_rss_gb": prov.get("peak_rss_gb"),
                      "unstable_units": prov["unstable_units"], "selfcheck_error": prov["selfcheck_error"],
                      "batch_indices": prov["batch_indices"], "input_box": prov["input_box"]})
     provenance = {"training": training, "blocks": rows, "config": block_scores[0].provenance["config"]}
