@@ -16,104 +16,33 @@ import platform
 import shutil
 import sys
 import time
-import typing
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 import torch
 import torchvision
 
-from critneuron.catalog import dataset_names, model_names
 from critneuron.config import (
-    DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, TrainConfig, choices, config_hash, from_dict,
+    DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, TrainConfig, config_hash, from_dict,
     paper_train_config, to_dict,
 )
 from critneuron.errors import CritneuronError
+from critneuron.experiments.decoupled import decoupled_checkpoint, decoupled_mip_scores, with_heads
 from critneuron.experiments.rows import table_row
 from critneuron.experiments.runs import score_inputs, trained_checkpoint, weights_hash
 from critneuron.experiments.store import Store
 from critneuron.experiments.whole import evaluate_masks, score_columns
 from critneuron.machinery.book import build_book
+from critneuron.machinery.options import add_config_args, config_from_args
 from critneuron.machinery.sweep import add_arguments as add_sweep_arguments
 from critneuron.machinery.sweep import run_from_args as run_sweep_from_args
 from critneuron.mip.scores import Scores, score
 from critneuron.nets.data import SPLITS, data_root, dataset_source, load_split
+from critneuron.nets.heads import TRAINING
 from critneuron.nets.train import load_checkpoint, resolve_device, save_checkpoint
 from critneuron.pruning.masks import Masks, apply_masks
-
-T = TypeVar("T")
-_CATALOG_CHOICES: dict[tuple[type, str], Callable[[], tuple[str, ...]]] = {
-    (DataConfig, "dataset"): dataset_names, (ModelConfig, "name"): model_names}
-
-
-def field_choices(cls: type, name: str) -> tuple | None:
-    """The allowed values of a config field: catalog names, a `Literal`'s values, or None (any)."""
-    if (cls, name) in _CATALOG_CHOICES:
-        return _CATALOG_CHOICES[cls, name]()
-    if typing.get_origin(typing.get_type_hints(cls)[name]) is Literal:
-        return choices(cls, name)
-    return None
-
-
-def _dest(cls: type, name: str) -> str:
-    return f"{cls.__name__.lower()}_{name}"
-
-
-def _value_type(hint: Any) -> Callable[[str], Any]:
-    """The argparse `type` of a field annotation (Optional[X] -> X; other unions: a number or text)."""
-    if typing.get_origin(hint) is Literal:
-        return type(typing.get_args(hint)[0])
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if not args:
-        return hint
-    return args[0] if len(args) == 1 else _number_or_text
-
-
-def _number_or_text(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def add_config_args(
-    parser: argparse.ArgumentParser,
-    cls: type,
-    rename: Mapping[str, str] | None = None,
-    default_note: Callable[[dataclasses.Field], str] | None = None,
-) -> None:
-    """Add one `--option` per field of the config dataclass `cls`, with the field's help text.
-
-    Flags are the field names with '-' for '_' (a trailing '_' dropped) unless `rename` maps
-    them. Every option defaults to None, meaning "not given"; `default_note(field)` (default:
-    the field's default, if not None) says in the help what applies then.
-    """
-    group = parser.add_argument_group(f"{cls.__name__} options")
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        flag = "--" + (rename or {}).get(f.name, f.name.rstrip("_").replace("_", "-"))
-        note = default_note(f) if default_note else f"default: {f.default}" * (f.default is not None)
-        kwargs: dict[str, Any] = {"dest": _dest(cls, f.name), "default": None}
-        kwargs["help"] = f.metadata.get("help", "") + f" ({note})" * bool(note)
-        if hints[f.name] is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-        else:
-            allowed = field_choices(cls, f.name)
-            metavar = None if allowed else flag[2:].upper().replace("-", "_")
-            group.add_argument(flag, type=_value_type(hints[f.name]), choices=allowed, metavar=metavar, **kwargs)
-
-
-def config_from_args(cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:
-    """The config `base` (default: `cls()`) with every option given on the command line applied."""
-    given = {
-        f.name: getattr(args, _dest(cls, f.name))
-        for f in dataclasses.fields(cls)
-        if getattr(args, _dest(cls, f.name), None) is not None
-    }
-    return dataclasses.replace(base if base is not None else cls(), **given)
-
 
 def _paper_default(f: dataclasses.Field) -> str:
     return "default: the paper's schedule for --model on --dataset (catalog)"
@@ -134,6 +63,10 @@ def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--results", help="result store that caches the trained network "
                         "(default: $CRITNEURON_RESULTS, else results/); a stored one is reused")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (default: cuda when available)")
+    parser.add_argument("--training", choices=TRAINING, default="end-to-end",
+                        help="end-to-end, or decoupled: greedily, block by block with auxiliary heads (kept in the "
+                        "checkpoint, for `critneuron score --decoupled`; the paper's way for vgg16) "
+                        "(default: end-to-end)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar (default: on)")
     parser.set_defaults(run=_run_train)
@@ -171,8 +104,11 @@ def _run_train(args: argparse.Namespace) -> int:
     train_cfg = config_from_args(TrainConfig, args, base=paper_train_config(model_cfg.name, data_cfg.dataset))
     configs = {"model": model_cfg, "data": data_cfg, "train": train_cfg}
     out = args.out or Path("runs", "train", f"{model_cfg.name}-{data_cfg.dataset}-{config_hash(_plain(configs))}")
-    run = RunConfig(data=data_cfg, model=model_cfg, train=train_cfg)
-    stored, metrics = trained_checkpoint(run, Store(args.results), args.progress, args.device)
+    run, store = RunConfig(data=data_cfg, model=model_cfg, train=train_cfg), Store(args.results)
+    if args.training == "decoupled":
+        stored, metrics = decoupled_checkpoint(run, store, args.progress)
+    else:
+        stored, metrics = trained_checkpoint(run, store, args.progress, args.device)
     metrics = {**metrics, "device": str(resolve_device(args.device)), "data_root": str(data_root(data_cfg.root)),
                "checkpoint_stored": str(stored), "wall_seconds": time.perf_counter() - start,
                **_provenance(configs, train_cfg.seed)}
@@ -210,12 +146,38 @@ def _add_score(subparsers: argparse._SubParsersAction) -> None:
     _add_checkpoint_args(parser)
     add_config_args(parser, ScoreConfig)
     parser.add_argument("--out", type=Path, default=Path("scores.json"), help="results file (default: scores.json)")
+    group = parser.add_argument_group("decoupled scoring (one sub-MIP per block, a checkpoint with heads)")
+    group.add_argument("--decoupled", action="store_true",
+                       help="score block by block with the checkpoint's auxiliary heads (`train --training decoupled`)")
+    group.add_argument("--blocks", type=block_list, help="score only these blocks, 1-based: '3,11,13' or '3-5' "
+                       "(the tail is the last; default: all)")
+    group.add_argument("--scheduler", help="Dask scheduler of the sub-MIPs: tcp://host:8786, or serial "
+                       "(default: a local cluster of --workers processes)")
+    group.add_argument("--workers", type=int, default=1, help="local sub-MIPs at once (default: 1, serial)")
+    group.add_argument("--any-images", action="store_true",
+                       help="one image per class whether or not it is classified correctly (barely trained networks)")
+    group.add_argument("--results", help="result store of the blocks' scores: each is stored as it finishes, so "
+                       "a killed run resumes (default: $CRITNEURON_RESULTS, else results/)")
     parser.set_defaults(run=_run_score)
+
+
+def block_list(spec: str) -> list[int]:
+    """'3,11,13' or '3-5' (1-based block numbers) -> the numbers (an argparse type)."""
+    try:
+        numbers = [n for part in spec.split(",") for lo, _, hi in [part.partition("-")]
+                   for n in range(int(lo), int(hi or lo) + 1)]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"{spec!r}: give block numbers from 1, e.g. '3,11,13' or '3-5'")
+    return numbers
 
 
 def _run_score(args: argparse.Namespace) -> int:
     model, meta, data_cfg = _load_checkpoint(args)
     cfg = config_from_args(ScoreConfig, args)
+    if args.decoupled:
+        return _score_decoupled(args, model, meta, data_cfg, cfg)
     x, y, inputs = score_inputs(model, data_cfg, cfg)
     scores = score(model, x, y, cfg, inputs["batch_indices"])
     prov, solver = scores.provenance, scores.provenance["solver"]
@@ -227,6 +189,26 @@ def _run_score(args: argparse.Namespace) -> int:
           f"unstable units {prov['unstable_units']}  bounds {sec['bounds']:.2f} s  build {sec['build']:.2f} s  "
           f"solve {sec['solve']:.2f} s  Kelley rounds {solver['rounds']}  "
           f"self-check {prov['selfcheck_error']:.1e}  ({args.out})")
+    return 0
+
+
+def _score_decoupled(args: argparse.Namespace, model: torch.nn.Sequential, meta: dict[str, Any],
+                     data_cfg: DataConfig, cfg: ScoreConfig) -> int:
+    train_cfg = meta["train_config"]
+    net = with_heads(model, meta["heads"], train_cfg.seed)
+    run = RunConfig(data=data_cfg, model=meta["model_config"], train=train_cfg, score=cfg)
+    scores = decoupled_mip_scores(net, run, Store(args.results), meta["metrics"].get("training", "decoupled"),
+                                  args.workers, progress=True, scheduler=args.scheduler, blocks=args.blocks,
+                                  correct_only=not args.any_images)
+    blocks = scores.provenance["blocks"]
+    payload = {**scores.to_dict(), "checkpoint": str(args.checkpoint), "model": run.model.name,
+               "all_optimal": all(b["status"] == "optimal" for b in blocks), **_provenance({"score": cfg}, cfg.seed)}
+    _write_json(args.out, payload)
+    for b in blocks:
+        print(f"{b['block']:8} {','.join(b['layers']):22} {b['status']:14} gap {b['gap']}  rounds {b['rounds']:3}  "
+              f"vars {b['variables']:7}  rows {b['constraints']:7}  unstable {b['unstable_units']:6}  "
+              f"solve {b['solve_s']:8.1f} s  wall {b['wall_s']:8.1f} s  peak {b['peak_rss_gb'] or 0:.1f} GB")
+    print(f"{len(blocks)} blocks, {'all' if payload['all_optimal'] else 'NOT all'} optimal  ({args.out})")
     return 0
 
 

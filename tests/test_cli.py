@@ -12,6 +12,7 @@ import torch
 
 from critneuron import cli
 from critneuron.errors import CheckpointError
+from critneuron.experiments.store import Store
 from critneuron.pruning.masks import Masks
 from critneuron.nets.train import load_checkpoint
 
@@ -90,3 +91,30 @@ def test_a_damaged_checkpoint_is_a_checkpoint_error(fc3_checkpoint: Path, tmp_pa
     torch.save(blob, tmp_path / "damaged.pt")
     with pytest.raises(CheckpointError, match=r"damaged.pt is a damaged critneuron checkpoint: RuntimeError"):
         load_checkpoint(tmp_path / "damaged.pt")
+
+
+def test_decoupled_train_and_score_by_blocks(shared_data_root: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
+    """`train --training decoupled` keeps the heads in the checkpoint; `score --decoupled --blocks`
+    scores only those blocks, stores each as it finishes and reuses it on a rerun."""
+    out, results, scores_file = tmp_path / "lenet", tmp_path / "results", tmp_path / "scores.json"
+    assert cli.main(["train", "--model", "lenet5", "--dataset", "mnist", "--data-root", str(shared_data_root),
+                     "--subset", "2000", "--test-subset", "500", "--epochs", "1", "--training", "decoupled",
+                     "--results", str(results), "--out", str(out), "--no-progress"]) == 0
+    _model, meta = load_checkpoint(out / "checkpoint.pt")
+    assert meta["heads"] and meta["metrics"]["training"] == "decoupled"
+    argv = ["score", "--checkpoint", str(out / "checkpoint.pt"), "--decoupled", "--blocks", "2", "--any-images",
+            "--results", str(results), "--out", str(scores_file), "--time-limit", "60"]
+    assert cli.main(argv) == 0
+    first = json.loads(scores_file.read_text())
+    assert [b["block"] for b in first["provenance"]["blocks"]] == ["tail"]
+    assert set(first["layers"]) == {"conv2", "fc1", "fc2"} and first["all_optimal"]
+    assert first["provenance"]["blocks"][0]["peak_rss_gb"] > 0
+    assert "1 blocks, all optimal" in capsys.readouterr().out
+    assert cli.main(argv) == 0 and len(Store(results).ls("score")) == 1  # the stored block is reused
+    assert json.loads(scores_file.read_text())["layers"] == first["layers"]
+
+
+def test_decoupled_scoring_needs_heads(fc3_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:
+    assert cli.main(["score", "--checkpoint", str(fc3_checkpoint), "--decoupled"]) == 2
+    assert "no auxiliary heads" in capsys.readouterr().err

@@ -50,8 +50,14 @@ def _heads_bytes(net: Decoupled) -> bytes:
     return buffer.getvalue()
 
 
-def _load_heads(net: Decoupled, folder: Path) -> Decoupled:
-    net.heads.load_state_dict(torch.load(folder / "artifacts" / "heads.pt", map_location="cpu", weights_only=True))
+def with_heads(model: nn.Sequential, heads: dict, seed: int) -> Decoupled:
+    """`model` split into blocks with auxiliary heads holding the state `heads` (as stored in a
+    decoupled-trained checkpoint, `load_checkpoint(...)[1]["heads"]`)."""
+    if not heads:
+        raise ConfigError("this network has no auxiliary heads: train it with training 'decoupled' "
+                          "(`critneuron train --training decoupled`)")
+    net = Decoupled.build(model.eval(), seed=seed)
+    net.heads.load_state_dict(heads)
     return net.eval()
 
 
@@ -72,7 +78,7 @@ def _train_decoupled(cfg: RunConfig, progress: bool) -> RunOutput:
                "best_epoch": result.best_epoch, "history": result.history, "training": "decoupled",
                "train_seconds": time.perf_counter() - start, "weights_hash": weights_hash(net.model),
                "source": dataset_source(cfg.data)}
-    return checkpoint_output(net.model, cfg, init_state, metrics, **{"heads.pt": _heads_bytes(net)})
+    return checkpoint_output(net.model, cfg, init_state, metrics, heads=clone_state(net.heads))
 
 
 def _fit_heads(model: nn.Sequential, cfg: RunConfig, head_cfg, progress: bool) -> RunOutput:
@@ -90,33 +96,39 @@ def _fit_heads(model: nn.Sequential, cfg: RunConfig, head_cfg, progress: bool) -
     return RunOutput(result=metrics, artifacts={"heads.pt": _heads_bytes(net)})
 
 
+def decoupled_checkpoint(cfg: RunConfig, store: Store, progress: bool = False) -> tuple[Path, dict]:
+    """The stored checkpoint of `cfg`'s greedily trained network (trained once; it holds the
+    weights, the initial weights and the heads) and its metrics."""
+    config, inputs = {**train_config(cfg), "training": "decoupled"}, train_inputs(cfg)
+    metrics = store.cached("train", config, lambda: _train_decoupled(cfg, progress), code=DECOUPLED_TRAIN_CODE,
+                           **inputs)
+    return store.path("train", store.key("train", config, **inputs)) / "artifacts" / "checkpoint.pt", metrics
+
+
 def decoupled_network(cfg: RunConfig, store: Store, training: str = "decoupled",
                       progress: bool = False) -> tuple[Decoupled, dict]:
     """`cfg`'s network with trained auxiliary heads, and its metrics (cached).
 
-    training='decoupled': network and heads trained greedily with `cfg.train` (see
-    `decoupled.decoupled_train_config`). 'end-to-end': the network trained as usual
+    training='decoupled': network and heads trained greedily with `cfg.train`
+    (`decoupled_checkpoint`; the paper's schedule is `config.paper_train_config`). 'end-to-end': the network trained as usual
     (`trained_model`), then heads fitted on its frozen blocks with the decoupled optimizer for
     `cfg.train.epochs` epochs.
     """
-    inputs = train_inputs(cfg)
     if training == "decoupled":
-        config = {**train_config(cfg), "training": "decoupled"}
-        metrics = store.cached("train", config, lambda: _train_decoupled(cfg, progress), code=DECOUPLED_TRAIN_CODE,
-                               **inputs)
-        folder = store.path("train", store.key("train", config, **inputs))
-        model, _meta = load_checkpoint(folder / "artifacts" / "checkpoint.pt")
-        return _load_heads(Decoupled.build(model.eval(), seed=cfg.train.seed), folder), metrics
+        path, metrics = decoupled_checkpoint(cfg, store, progress)
+        model, meta = load_checkpoint(path)
+        return with_heads(model, meta["heads"], cfg.train.seed), metrics
     if training != "end-to-end":
         raise ConfigError(f"training must be 'decoupled' or 'end-to-end', got {training!r}")
+    inputs = train_inputs(cfg)
     model, train_metrics = trained_model(cfg, store, progress)
     head_cfg = paper_train_config(cfg.model.name, cfg.data.dataset, cfg.train.epochs, cfg.train.seed)
     config = {"heads_train": to_dict(head_cfg), "training": "end-to-end"}
     inputs["weights"] = weights_hash(model)
     metrics = store.cached("heads", config, lambda: _fit_heads(model, cfg, head_cfg, progress), code=HEADS_CODE,
                            **inputs)
-    folder = store.path("heads", store.key("heads", config, **inputs))
-    net = _load_heads(Decoupled.build(model, seed=cfg.train.seed), folder)
+    heads = store.path("heads", store.key("heads", config, **inputs)) / "artifacts" / "heads.pt"
+    net = with_heads(model, torch.load(heads, map_location="cpu", weights_only=True), cfg.train.seed)
     return net, {**train_metrics, **metrics}
 
 

@@ -90,13 +90,13 @@ def _train(cfg: RunConfig, progress: bool, device: str | None = None) -> RunOutp
     return checkpoint_output(result.model, cfg, result.init_state, metrics)
 
 
-def checkpoint_output(model: nn.Module, cfg: RunConfig, init_state, metrics: dict, **artifacts: bytes) -> RunOutput:
-    """A training run's stored output: `metrics`, the checkpoint (weights, initial weights,
-    configs) and any further artifacts."""
+def checkpoint_output(model: nn.Module, cfg: RunConfig, init_state, metrics: dict, heads=None) -> RunOutput:
+    """A training run's stored output: `metrics` and the checkpoint (weights, initial weights,
+    configs, and the auxiliary heads' state if given)."""
     with tempfile.TemporaryDirectory(prefix="critneuron-") as tmp:
         path = Path(tmp) / "checkpoint.pt"
-        save_checkpoint(path, model, cfg.model, cfg.data, cfg.train, init_state, metrics)
-        return RunOutput(result=metrics, artifacts={"checkpoint.pt": path.read_bytes(), **artifacts})
+        save_checkpoint(path, model, cfg.model, cfg.data, cfg.train, init_state, metrics, heads)
+        return RunOutput(result=metrics, artifacts={"checkpoint.pt": path.read_bytes()})
 
 
 def score_inputs(model: nn.Sequential, data: DataConfig, cfg: ScoreConfig,

@@ -163,8 +163,10 @@ def save_checkpoint(
     train_cfg: TrainConfig,
     init_state: State | None = None,
     metrics: dict[str, Any] | None = None,
+    heads: State | None = None,
 ) -> Path:
-    """Write weights, initial weights, configs and metrics (plain dicts and tensors) atomically.
+    """Write weights, initial weights, configs, metrics and auxiliary heads (the state of a
+    `nets.heads.Decoupled`'s heads, if any) as plain dicts and tensors, atomically.
 
     `metrics` must be JSON-able; values JSON does not know (paths, versions) are stored as text.
     """
@@ -176,6 +178,7 @@ def save_checkpoint(
         "train_config": to_dict(train_cfg),
         "state_dict": clone_state(model),
         "init_state": init_state or {},
+        "heads": heads or {},
         "metrics": json.loads(json.dumps(metrics or {}, default=str)),  # plain data for weights_only
         "torch_version": str(torch.__version__),
     }
@@ -188,7 +191,7 @@ def save_checkpoint(
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, Any]]:
     """Rebuild the model from a checkpoint alone; meta holds the configs (as dataclasses),
-    `init_state`, `metrics` and `torch_version`. CheckpointError (naming the file) if it is not
+    `init_state`, `metrics`, `torch_version` and `heads` (empty unless decoupled-trained). CheckpointError (naming the file) if it is not
     a readable critneuron checkpoint."""
     try:
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
@@ -207,6 +210,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, A
             "data_config": from_dict(DataConfig, blob["data_config"]),
             "train_config": from_dict(TrainConfig, blob["train_config"]),
             **{key: blob[key] for key in ("init_state", "metrics", "torch_version")},
+            "heads": blob.get("heads", {}),
         }
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path} is a damaged critneuron checkpoint: {_one_line(err)}") from err
