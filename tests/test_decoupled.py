@@ -13,7 +13,7 @@ from torch import nn
 
 from critneuron.mip import blocks
 from critneuron.nets import heads as dec
-from critneuron.mip.bounds import interval_bounds
+from critneuron.mip.bounds import forward, interval_bounds, module_bounds
 from critneuron.config import DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, paper_train_config
 from critneuron.errors import UnsupportedLayerError
 from critneuron.nets.data import load_split
@@ -160,3 +160,23 @@ def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_p
     assert len(store.ls()) == n_runs and again["scores"] == row["scores"]
     net, _metrics = decoupled_network(cfg, store)
     assert torch.equal(net.heads[0].head_fc2.weight, decoupled_network(cfg, store)[0].heads[0].head_fc2.weight)
+
+
+@pytest.mark.parametrize("name, width", [("lenet5", 1.0), ("vgg16", 1 / 16)])
+def test_module_bounds_equal_the_spec_bounds(name: str, width: float) -> None:
+    """The whole-network bounds of block problems come from the modules (no unrolled matrices):
+    the same intervals and values as the spec's, on a net with non-trivial BatchNorm statistics."""
+    model = build_model(name, width=width, seed=1)
+    with torch.no_grad():
+        model.train()(torch.rand(64, 3, 32, 32))  # moves BatchNorm running statistics
+    model.eval()
+    x = torch.rand(4, 3, 32, 32).double().numpy()
+    spec = network_spec(model, (3, 32, 32))
+    bounds, values = interval_bounds(spec, x, 1e-3), forward(spec, x)
+    ours = module_bounds(model, x, 1e-3)
+    assert list(ours) == [layer.name for layer in spec.layers]
+    for i, layer in enumerate(spec.layers):
+        value, lower, upper = (a.reshape(len(x), -1) for a in ours[layer.name])
+        scale = 1.0 + np.abs(bounds.upper[i]).max()
+        for a, b in ((value, values[i]), (lower, bounds.lower[i]), (upper, bounds.upper[i])):
+            assert np.abs(a - b).max() <= 1e-12 * scale, layer.name

@@ -25,12 +25,10 @@ from tqdm import tqdm
 
 from critneuron.config import ScoreConfig
 from critneuron.errors import CritneuronError, SolveError
-from critneuron.mip.bounds import forward, interval_bounds
+from critneuron.mip.bounds import module_bounds
 from critneuron.mip.scores import Scores, score
-from critneuron.mip.spec import network_spec
 from critneuron.nets.data import TensorData, mip_batch
 from critneuron.nets.heads import Decoupled
-from critneuron.nets.models import INPUT_SHAPE
 
 
 @dataclass
@@ -59,11 +57,8 @@ def block_problems(net: Decoupled, batches: list[tuple], epsilon: float) -> list
     """The sub-MIPs of every block on its batch (`block_batches`, or one batch repeated)."""
     model = net.eval().model.cpu()
     net.heads.cpu()
-    spec = network_spec(model, INPUT_SHAPE)
-    names = [layer.name for layer in spec.layers]
-    images = torch.cat([b[0] for b in batches]).double().numpy()
-    bounds = interval_bounds(spec, images, epsilon)
-    values = forward(spec, images)
+    ends = {block[-1] for block in net.blocks[:-1]}  # a block ends with its ReLU; the next one starts there
+    outputs = module_bounds(model, torch.cat([b[0] for b in batches]).double().numpy(), epsilon, keep=ends)
     problems, offset = [], 0
     for k, (x, y, indices) in enumerate(batches):
         rows = slice(offset, offset + len(x))
@@ -71,10 +66,8 @@ def block_problems(net: Decoupled, batches: list[tuple], epsilon: float) -> list
         if k == 0:
             inputs, box = x.double().numpy(), None
         else:
-            end = names.index(net.blocks[k - 1][-1])
-            shape = (len(x), *spec.layers[end].shape)  # a block ends with its ReLU
-            inputs = values[end][rows].reshape(shape)
-            box = (bounds.lower[end][rows].reshape(shape), bounds.upper[end][rows].reshape(shape))
+            value, lower, upper = outputs[net.blocks[k - 1][-1]]
+            inputs, box = value[rows], (lower[rows], upper[rows])
         problems.append(BlockProblem(net.names()[k], net.sub_model(k), inputs, y.numpy(),
                                      [int(i) for i in indices], box, net.kept_layers(k)))
     return problems

@@ -1,16 +1,22 @@
-"""Interval arithmetic on a `NetworkSpec` from the ε-box around each input; stability of ReLU units.
+"""Interval arithmetic from the ε-box around each input, on a `NetworkSpec` (or on the torch
+modules themselves, for networks too large to unroll); stability of ReLU units.
 
 Plain float64 arrays in and out.
 """
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
+from typing import Callable, Collection
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from critneuron.errors import ConfigError
-from critneuron.mip.spec import AffineSpec, NetworkSpec, ReLUSpec
+from critneuron.errors import ConfigError, UnsupportedLayerError
+from critneuron.mip.spec import SUPPORTED, AffineSpec, NetworkSpec, ReLUSpec
 
 
 @dataclass(frozen=True)
@@ -92,3 +98,47 @@ def shift_scale(spec: NetworkSpec, bounds: Bounds, idx: int) -> np.ndarray:
     upper = bounds.upper[idx]
     nxt = spec.layers[idx + 1] if idx + 1 < len(spec.layers) else None
     return np.maximum(upper, 0.0) if isinstance(nxt, ReLUSpec) else upper
+
+
+@torch.no_grad()
+def module_bounds(model: nn.Sequential, x: np.ndarray, epsilon: float,
+                  keep: Collection[str] | None = None) -> dict[str, tuple[np.ndarray, ...]]:
+    """Per child module of `model` (those named in `keep`, default all): its output on `x` and its
+    lower and upper bounds over the box [x - ε, x + ε], float64 arrays of shape (B, *output shape).
+
+    The same interval arithmetic as `interval_bounds` (an affine module maps the centre through
+    itself and the radius through its absolute value; a ReLU clamps both ends), but computed with
+    the modules themselves, so memory scales with the activations, not with unrolled matrices
+    (a full-width VGG-16's specs take gigabytes).
+    """
+    net = copy.deepcopy(model).double().eval()
+    value = torch.as_tensor(np.asarray(x, dtype=np.float64))
+    lo, up = value - epsilon, value + epsilon
+    out = {}
+    for name, module in net.named_children():
+        value = module(value)
+        if isinstance(module, nn.ReLU):
+            lo, up = lo.clamp(min=0), up.clamp(min=0)
+        else:
+            centre, radius = module((lo + up) / 2), _absolute(module, name)((up - lo) / 2)
+            lo, up = centre - radius, centre + radius
+        if keep is None or name in keep:
+            out[name] = (value.numpy(), lo.numpy(), up.numpy())
+    return out
+
+
+def _absolute(module: nn.Module, name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The linear part of an affine module with every coefficient made non-negative: the map
+    that sends a box's radius to the radius of its image."""
+    if isinstance(module, nn.Linear):
+        return lambda r: r @ module.weight.abs().T
+    if isinstance(module, nn.Conv2d):
+        return lambda r: F.conv2d(r, module.weight.abs(), None, module.stride, module.padding, module.dilation,
+                                  module.groups)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        scale = (module.running_var + module.eps).rsqrt() * (module.weight if module.affine else 1.0)
+        shape = (1, -1) + (1,) * (2 if isinstance(module, nn.BatchNorm2d) else 0)
+        return lambda r: r * scale.abs().reshape(shape)
+    if isinstance(module, (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity)):
+        return module  # linear with non-negative coefficients already
+    raise UnsupportedLayerError(f"layer {name!r} ({type(module).__name__}) has no MIP encoding; supported: {SUPPORTED}")
