@@ -131,7 +131,8 @@ class ScoreConfig:
     mip_gap: float = field(default=1e-4, metadata={"help": "relative MIP gap"})
     threads: int = field(default=1, metadata={"help": "solver threads"})
     seed: int = field(default=0, metadata={"help": "seed of batch choice and solver"})
-    solver: str = field(default="appsi_highs", metadata={"help": "Pyomo solver name (appsi_highs is persistent)"})
+    solver: str = field(default="appsi_highs", metadata={
+        "help": "solver: HiGHS (appsi_highs, the only one; `backend` chooses how the model reaches it)"})
     kelley_tol: float = field(default=1e-6, metadata={"help": "stop when max_b LSE(z_b) - t_b <= this"})
     max_rounds: int = field(default=100, metadata={"help": "maximum Kelley rounds"})
     presolve: bool = field(default=True, metadata={"help": "fix stable units (no binary) before solving"})
@@ -142,11 +143,20 @@ class ScoreConfig:
     first_lp: str = field(default="simplex", metadata={
         "help": "HiGHS algorithm of each phase's first LP solve: simplex, or ipm (interior point + crossover; "
                 "faster on large LPs such as deep VGG blocks); later Kelley rounds hot-start with simplex"})
+    backend: str = field(default="highspy", metadata={
+        "help": "highspy (the model's sparse blocks straight to HiGHS, cuts added to the live solver) or appsi "
+                "(the same model through Pyomo and its appsi HiGHS interface: the engine before issue 16)"})
+    lse: str = field(default="lifted", metadata={
+        "help": "ce loss: lifted (sum_k u_k <= 1, u_k >= exp(z_k - t), a tangent cut per exponential) or "
+                "tangent (tangent cuts of t >= LSE(z) itself: the engine before issue 16, more rounds)"})
 
     def __post_init__(self) -> None:
         _check_choice("mode", self.mode, ("exact", "relaxed"))
         _check_choice("first_lp", self.first_lp, ("simplex", "ipm"))
         _check_choice("loss", self.loss, ("ce", "margin"))
+        _check_choice("backend", self.backend, ("highspy", "appsi"))
+        _check_choice("lse", self.lse, ("lifted", "tangent"))
+        _check_choice("solver", self.solver, ("appsi_highs",))
         _check_positive("lambda", self.lambda_, allow_zero=True)
         _check_positive("epsilon", self.epsilon, allow_zero=True)
         _check_positive("batch_size", self.batch_size)
