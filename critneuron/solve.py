@@ -216,8 +216,9 @@ def solve(form: Formulation, cfg: ScoreConfig) -> SolveReport:
 
     With binaries and `cfg.lp_cuts_first` (exact mode), the cuts are first converged on the LP
     relaxation (cheap, hot-started re-solves), so that the MIP rounds, each a full branch and
-    bound, need only the few cuts the relaxation's miss. Every MIP round starts from a feasible
-    point (the warm start, then the last incumbent with t lifted onto the LSE). Raises
+    bound, need only the few cuts the relaxation's miss; if the relaxation's converged point is
+    integral, it is the MIP's optimum and no branch and bound runs. Every MIP round starts from
+    a feasible point (the warm start, then the last incumbent with t lifted onto the LSE). Raises
     `SolveError` if a solve ends with no feasible solution (infeasible, or a time-out without an
     incumbent). A time-out with an incumbent returns it, with status and gap; so does a time-out
     in a later Kelley round, with the previous round's point (status maxTimeLimit, LSE gap as in
@@ -229,7 +230,10 @@ def solve(form: Formulation, cfg: ScoreConfig) -> SolveReport:
     integer = bool(form.program.integer.any())
     if integer and cfg.lp_cuts_first and cfg.loss == "ce":
         engine.set_integer(False)
-        _kelley(engine, form, cfg, start, history, "lp")
+        out, lse_gap = _kelley(engine, form, cfg, start, history, "lp")
+        binaries = form.values[form.program.integer] if form.values is not None else np.zeros(0)
+        if out["status"] == "optimal" and np.all(np.abs(binaries - np.round(binaries)) <= 1e-9):
+            return _report(engine, form, cfg, out, history, lse_gap, time.perf_counter() - start)
         engine.set_integer(True)
     out, lse_gap = _kelley(engine, form, cfg, start, history, "mip" if integer else "lp")
     return _report(engine, form, cfg, out, history, lse_gap, time.perf_counter() - start)

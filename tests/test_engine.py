@@ -146,3 +146,16 @@ def test_score_reports_where_the_time_went():
     report = score(net, torch.from_numpy(x), torch.from_numpy(y), ScoreConfig(epsilon=eps)).provenance["solver"]
     assert 0 < report["highs_seconds"] <= report["solve_seconds"]
     assert 0 < report["handover_seconds"] <= report["solve_seconds"]
+
+
+def test_exact_mode_gives_the_optimum_of_mip_rounds_throughout():
+    """Cuts converged on the LP relaxation first (and, if its point is integral, no branch and
+    bound at all) give the optimum that MIP rounds from the start give."""
+    form, cfg = _formulation("tiny_fc", "exact")
+    report = solve(form, cfg)
+    binaries = form.values[form.program.integer]
+    assert form.program.integer.any() and np.allclose(binaries, np.round(binaries), atol=1e-6)
+    plain, plain_cfg = _formulation("tiny_fc", "exact", lp_cuts_first=False)
+    reference = solve(plain, plain_cfg)
+    assert report.status == reference.status == "optimal"
+    assert report.objective == pytest.approx(reference.objective, rel=2 * cfg.mip_gap)
