@@ -99,6 +99,13 @@ class _Highspy:
         kind = highspy.HighsVarType.kInteger if integer else highspy.HighsVarType.kContinuous
         self.h.changeColsIntegrality(len(self.integer), self.integer, np.full(len(self.integer), int(kind), np.uint8))
 
+    def fix(self, values: np.ndarray | None) -> None:
+        """Fix the binaries at `values`, or (None) give them back their bounds."""
+        prog = self.form.program
+        lower = prog.col_lower[self.integer] if values is None else values
+        upper = prog.col_upper[self.integer] if values is None else values
+        self.h.changeColsBounds(len(self.integer), self.integer, lower, upper)
+
     def add_rows(self, rows: Rows) -> None:
         """Append rows to the live model."""
         start = time.perf_counter()
@@ -169,6 +176,15 @@ class _Appsi:
             v.domain = pe.Binary if integer else pe.UnitInterval
         self.opt.update_variables(self.binaries)
 
+    def fix(self, values: np.ndarray | None) -> None:
+        """Fix the binaries at `values`, or (None) free them."""
+        for j, v in enumerate(self.binaries):
+            if values is None:
+                v.unfix()
+            else:
+                v.fix(float(values[j]))
+        self.opt.update_variables(self.binaries)
+
     def add_rows(self, rows: Rows) -> None:  # noqa: ARG002 - the rows are in the program already
         """Add the program's new rows to the Pyomo model (appsi picks them up at the next solve)."""
         start = time.perf_counter()
@@ -211,14 +227,45 @@ def _solve_once(engine, form: Formulation, cfg: ScoreConfig, remaining: float, p
     return {**out, "objective": form.objective_value() if out["feasible"] else None}
 
 
+def _solve_mip(engine, form: Formulation, cfg: ScoreConfig, remaining: float, point: np.ndarray | None,
+               algorithm: str) -> dict:
+    """One MIP round, settled by LP work where that suffices. The LP relaxation (hot-started)
+    bounds the MIP from below. Its indicators that are integral, the others at their warm-start
+    value (the observed activation pattern), fixed and re-solved as an LP, give a feasible
+    point; if it is within `cfg.mip_gap` of the bound it is the answer (the test HiGHS's branch
+    and bound stops on). Otherwise HiGHS's branch and bound runs, started from that point (or
+    from `point` when the fixed LP is infeasible)."""
+    start = time.perf_counter()
+    left = lambda: remaining - (time.perf_counter() - start)  # noqa: E731
+    binaries = np.flatnonzero(form.program.integer)
+    engine.set_integer(False)
+    relaxed = _solve_once(engine, form, cfg, remaining, None, False, algorithm)
+    if relaxed["feasible"] and cfg.warm_start:
+        v = form.values[binaries]
+        whole = np.abs(v - np.round(v)) <= 1e-9
+        candidate = relaxed
+        if not whole.all():
+            engine.fix(np.where(whole, np.round(v), np.round(form.warm_start[binaries])))
+            candidate = _solve_once(engine, form, cfg, left(), None, False)
+            engine.fix(None)
+        if candidate["feasible"]:
+            if candidate["objective"] - relaxed["objective"] <= cfg.mip_gap * max(abs(candidate["objective"]), 1e-10):
+                return {**candidate, "bound": relaxed["objective"]}
+            point = form.values
+    engine.set_integer(True)
+    out = _solve_once(engine, form, cfg, left(), point, True, algorithm)
+    engine.set_integer(False)
+    return out
+
+
 def solve(form: Formulation, cfg: ScoreConfig) -> SolveReport:
     """Solve, adding Kelley cuts until max_b LSE(ẑ_b) − t_b ≤ cfg.kelley_tol.
 
     With binaries and `cfg.lp_cuts_first` (exact mode), the cuts are first converged on the LP
-    relaxation (cheap, hot-started re-solves), so that the MIP rounds, each a full branch and
-    bound, need only the few cuts the relaxation's miss; if the relaxation's converged point is
-    integral, it is the MIP's optimum and no branch and bound runs. Every MIP round starts from
-    a feasible point (the warm start, then the last incumbent with t lifted onto the LSE). Raises
+    relaxation (cheap, hot-started re-solves), so that the MIP rounds need only the few cuts the
+    relaxation's miss. A MIP round is settled by LPs where they prove the MIP gap (`_solve_mip`);
+    otherwise it is HiGHS's branch and bound from a feasible point (the warm start, then the
+    last incumbent with t lifted onto the LSE). Raises
     `SolveError` if a solve ends with no feasible solution (infeasible, or a time-out without an
     incumbent). A time-out with an incumbent returns it, with status and gap; so does a time-out
     in a later Kelley round, with the previous round's point (status maxTimeLimit, LSE gap as in
@@ -230,11 +277,7 @@ def solve(form: Formulation, cfg: ScoreConfig) -> SolveReport:
     integer = bool(form.program.integer.any())
     if integer and cfg.lp_cuts_first and cfg.loss == "ce":
         engine.set_integer(False)
-        out, lse_gap = _kelley(engine, form, cfg, start, history, "lp")
-        binaries = form.values[form.program.integer] if form.values is not None else np.zeros(0)
-        if out["status"] == "optimal" and np.all(np.abs(binaries - np.round(binaries)) <= 1e-9):
-            return _report(engine, form, cfg, out, history, lse_gap, time.perf_counter() - start)
-        engine.set_integer(True)
+        _kelley(engine, form, cfg, start, history, "lp")
     out, lse_gap = _kelley(engine, form, cfg, start, history, "mip" if integer else "lp")
     return _report(engine, form, cfg, out, history, lse_gap, time.perf_counter() - start)
 
@@ -255,7 +298,8 @@ def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: 
             point = form.lifted(form.values)
         algorithm = "ipm" if first and phase == "lp" and cfg.first_lp == "ipm" else "choose"
         previous = out
-        out = _solve_once(engine, form, cfg, remaining, point, phase == "mip", algorithm)
+        out = (_solve_mip(engine, form, cfg, remaining, point, algorithm) if phase == "mip"
+               else _solve_once(engine, form, cfg, remaining, point, False, algorithm))
         first = False
         if not out["feasible"] and previous and out["status"] == "maxTimeLimit":
             # The time ran out in a re-solve: the values are still the last round's point.

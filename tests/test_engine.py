@@ -148,14 +148,43 @@ def test_score_reports_where_the_time_went():
     assert 0 < report["handover_seconds"] <= report["solve_seconds"]
 
 
-def test_exact_mode_gives_the_optimum_of_mip_rounds_throughout():
-    """Cuts converged on the LP relaxation first (and, if its point is integral, no branch and
-    bound at all) give the optimum that MIP rounds from the start give."""
-    form, cfg = _formulation("tiny_fc", "exact")
+@pytest.mark.parametrize("case", ["tiny_fc", "tiny_conv"])
+@pytest.mark.parametrize("mip_gap", [1e-4, 0.0])
+def test_exact_mode_gives_the_branch_and_bound_optimum(case, mip_gap):
+    """MIP rounds settled by LPs (relaxation bound + the indicators fixed), or by HiGHS's branch
+    and bound when they do not prove the gap (mip_gap = 0), give the optimum of plain branch
+    and bound rounds (no LP phase, no warm start), at an integral point."""
+    form, cfg = _formulation(case, "exact", mip_gap=mip_gap)
     report = solve(form, cfg)
     binaries = form.values[form.program.integer]
     assert form.program.integer.any() and np.allclose(binaries, np.round(binaries), atol=1e-6)
-    plain, plain_cfg = _formulation("tiny_fc", "exact", lp_cuts_first=False)
+    assert {h["phase"] for h in report.history} == {"lp", "mip"}
+    plain, plain_cfg = _formulation(case, "exact", lp_cuts_first=False, warm_start=False)
     reference = solve(plain, plain_cfg)
     assert report.status == reference.status == "optimal"
-    assert report.objective == pytest.approx(reference.objective, rel=2 * cfg.mip_gap)
+    assert report.gap <= max(mip_gap, 1e-9) and report.lse_gap <= cfg.kelley_tol
+    assert report.objective == pytest.approx(reference.objective, rel=2 * ScoreConfig().mip_gap)
+
+
+def test_mip_round_settled_by_lps_when_they_prove_the_gap(monkeypatch):
+    """With a gap the fixed-pattern LP meets, no branch and bound runs, and the answer is an
+    integral point whose objective is within the reported gap of the branch-and-bound optimum."""
+    import critneuron.solve as solve_mod
+
+    real, integer_solves = solve_mod._solve_once, []
+
+    def counting(engine, form, cfg, remaining, point, integer, algorithm="choose"):
+        integer_solves.append(integer)
+        return real(engine, form, cfg, remaining, point, integer, algorithm)
+
+    monkeypatch.setattr(solve_mod, "_solve_once", counting)
+    form, cfg = _formulation("tiny_fc", "exact", mip_gap=0.5)
+    report = solve(form, cfg)
+    assert not any(integer_solves) and report.history[-1]["phase"] == "mip"
+    binaries = form.values[form.program.integer]
+    assert np.allclose(binaries, np.round(binaries), atol=1e-9)
+    monkeypatch.setattr(solve_mod, "_solve_once", real)
+    plain, plain_cfg = _formulation("tiny_fc", "exact", lp_cuts_first=False, warm_start=False)
+    optimum = solve(plain, plain_cfg).objective
+    assert report.bound <= optimum + 1e-6 <= report.objective + 2e-6
+    assert report.objective - optimum <= report.gap * abs(report.objective) + 1e-6
