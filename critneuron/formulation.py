@@ -84,9 +84,9 @@ class Program:
         """Number of rows over all chunks."""
         return sum(r.matrix.shape[0] for r in self.rows)
 
-    def matrix(self, first_chunk: int = 0) -> Rows:
-        """The rows of chunks `first_chunk`... stacked into one (group: the first chunk's)."""
-        chunks = self.rows[first_chunk:]
+    def matrix(self) -> Rows:
+        """All rows stacked into one (group: the first chunk's)."""
+        chunks = self.rows
         if not chunks:
             return Rows("", sp.csr_matrix((0, self.n_cols)), np.zeros(0), np.zeros(0))
         mats = [sp.csr_matrix((r.matrix.data, r.matrix.indices, r.matrix.indptr),
