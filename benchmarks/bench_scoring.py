@@ -1,44 +1,39 @@
-"""Where the time of one scoring MIP goes, for our formulation and for the straightforward one.
+"""Where the time of one scoring MIP goes: the engine before issue 16 against the current one.
 
 For each model (trained on MNIST with the paper's optimiser, or reused from --cache) and each
-mode, one balanced batch B = 10 is scored twice in the same run:
+mode, one balanced batch B = 10 is scored by both engines in the same process, each --repeat
+times (the best run of each is kept):
 
-  ours   ScoreConfig(mode=m): stable-unit presolve (no indicator and no variable for a unit
-         whose sign the interval bounds fix: its output is substituted), a MIP start from s = 1
-         and the observed activations, and in exact mode Kelley cuts converged on the LP
-         relaxation before the MIP rounds;
-  plain  ScoreConfig(mode=m, presolve=False, warm_start=False, lp_cuts_first=False): a variable
-         and an indicator v per ReLU unit, no presolve, no warm start, Kelley rounds on the MIP
-         itself. Same loss (CE by Kelley cuts), same tolerances.
+  old  ScoreConfig(mode=m, backend="appsi", lse="tangent"): the engine of commit ae561ad: the
+       model through Pyomo and its persistent appsi HiGHS interface, the log-sum-exp by
+       aggregated tangent cuts t_b >= LSE(z) + softmax(z)'(z_b - z);
+  new  ScoreConfig(mode=m): the formulation's sparse blocks straight to highspy (passModel,
+       cuts by addRows on the live solver), the lifted log-sum-exp (sum_k u_k <= 1, a tangent
+       cut per exponential).
 
-Timings (seconds): bounds (interval bounds), build (Pyomo model), solve (the whole Kelley loop as
-`critneuron.mip.solve` measures it), total = bounds + build + solve. The solve is split further by
-wrapping the appsi HiGHS interface's `solve` with a Pyomo `HierarchicalTimer` (the hook appsi
-provides): `translate` = appsi `set_instance` (first hand-over of the Pyomo model to highspy) +
-`update` (passing each round's new cuts to HiGHS), `highs` = `Highs.run()` itself, i.e. HiGHS's own time
-(its presolve, LP/MIP search); the rest of `solve` is Kelley bookkeeping (reading the logits,
-adding cuts), MIP-start hand-over and loading solutions. `outside %` = share of total that is not
-`highs`. `wall` = the whole `score()` call (adds counting the model's size and the torch self-check);
-`CPU` = the process CPU time of that call (all threads): on a busy machine wall > CPU shows how
-much the other load slowed the run down.
+Both solve the same formulation (the same emitted blocks), tolerances, one solver thread.
+
+Timings (seconds): bounds (interval bounds), build (the formulation's blocks), hand-over
+(everything between the blocks and HiGHS: old = Pyomo model, appsi set_instance, per-round
+updates, MIP starts and loading solutions; new = passModel, addRows, setSolution,
+getSolution), HiGHS (inside `Highs.run`), total = the whole `score()` call (bounds, build,
+solve, torch self-check); outside % = 100 (total - HiGHS) / total. CPU = process CPU time of
+the call: on a busy machine wall > CPU shows how much other load slowed the run.
 
 Usage:
     CRITNEURON_DATA=/work/shared/data .venv/bin/python benchmarks/bench_scoring.py \
-        --models fc3 fc4 lenet5 --modes exact relaxed --epochs 2 --time-limit 600
+        --models fc3 lenet5 --modes relaxed exact --epochs 2 --repeat 3
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from collections import OrderedDict
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-from pyomo.common.timing import HierarchicalTimer
 from torch import nn
 
 from _common import add_common_args, environment, format_table, load_mnist, print_environment, \
@@ -48,110 +43,86 @@ from critneuron.errors import CritneuronError, SolveError
 from critneuron.nets.data import mip_batch
 from critneuron.mip.scores import score
 
-VARIANTS = {
-    "ours": {},  # presolve=True, warm_start=True (the defaults)
-    "plain": {"presolve": False, "warm_start": False, "lp_cuts_first": False},
+ENGINES = {
+    "old": {"backend": "appsi", "lse": "tangent"},
+    "new": {},  # the defaults
 }
 
-KEY = [("model", "model", "s"), ("mode", "mode", "s"), ("variant", "variant", "s")]
-SIZE_COLUMNS = KEY + [
-    ("unstable", "unstable", "d"), ("indicators", "ReLU v", "d"),
+KEY = [("model", "model", "s"), ("mode", "mode", "s"), ("engine", "engine", "s")]
+COLUMNS = KEY + [
     ("n_variables", "#vars", "d"), ("n_constraints", "#rows", "d"), ("n_binaries", "#bin", "d"),
-    ("rounds", "Kelley rounds", "d"), ("objective", "objective", ".6f"), ("gap", "MIP gap", ".1e"),
-    ("status", "status", "s"),
+    ("rounds", "rounds", "d"), ("bounds_s", "bounds", ".3f"), ("build_s", "build", ".3f"),
+    ("handover_s", "hand-over", ".3f"), ("highs_s", "HiGHS", ".3f"), ("total_s", "total", ".3f"),
+    ("outside_pct", "outside %", ".1f"), ("cpu_s", "CPU", ".2f"), ("objective", "objective", ".9f"),
+    ("gap", "MIP gap", ".1e"), ("status", "status", "s"),
 ]
-TIME_COLUMNS = KEY + [
-    ("bounds_s", "bounds", ".3f"), ("build_s", "build", ".2f"), ("solve_s", "solve", ".2f"),
-    ("total_s", "total", ".2f"), ("translate_s", "translate", ".2f"), ("highs_s", "HiGHS", ".2f"),
-    ("outside_pct", "outside %", ".1f"), ("wall_s", "wall", ".2f"), ("cpu_s", "CPU", ".2f"),
-]
-
-
-@contextlib.contextmanager
-def highs_timer() -> Iterator[dict[str, Any]]:
-    """Within the block, every appsi HiGHS solve reports into one `HierarchicalTimer`.
-
-    Yields a dict that holds, after the block, `translate` (set_instance + update), `highs`
-    (Highs.run), `load` (appsi's solution fetch), `highs_reported` (HiGHS's own run clock,
-    `getRunTime()`, after the last solve; it accumulates over the runs of one Highs object, and
-    `critneuron.mip.solve` makes one per score() call) and `calls`.
-    """
-    from pyomo.contrib.appsi.solvers.highs import Highs
-
-    timer, original, out = HierarchicalTimer(), Highs.solve, {"calls": 0, "highs_reported": 0.0}
-
-    def solve(self, model, timer_arg=None):  # noqa: ARG001 - timer_arg: appsi's own parameter, unused here
-        res = original(self, model, timer=timer)
-        out["calls"] += 1
-        out["highs_reported"] = float(getattr(res, "wallclock_time", 0.0) or 0.0)
-        return res
-
-    Highs.solve = solve
-    try:
-        yield out
-    finally:
-        Highs.solve = original
-        names = timer.timers  # top-level timers only
-        total = lambda key: timer.get_total_time(key) if key in names else 0.0  # noqa: E731
-        out.update(translate=total("set_instance") + total("update"), highs=total("optimize"),
-                   load=total("load solution"))
 
 
 def run_one(model: nn.Sequential, x, y, idx, cfg: ScoreConfig) -> dict[str, Any]:
     """Score once with `cfg`; the row of the table (or the error)."""
-    with highs_timer() as ht:
-        start, cpu = time.perf_counter(), time.process_time()
-        try:
-            scores = score(model, x, y, cfg, batch_indices=idx.tolist())
-        except SolveError as err:
-            return {"status": "error", "error": str(err), "wall_s": time.perf_counter() - start}
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        scores = score(model, x, y, cfg, batch_indices=idx.tolist())
+    except SolveError as err:
+        return {"status": "error", "error": str(err), "total_s": time.perf_counter() - start}
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu
     prov = scores.provenance
     sec, solver = prov["seconds"], prov["solver"]
-    total = sec["bounds"] + sec["build"] + sec["solve"]
-    highs = ht["highs"] if ht["calls"] else None
     return {
-        "indicators": prov["unstable_units"],
-        "units": sum(c["units"] for c in prov["relu"].values()),
         "n_variables": solver["n_variables"], "n_constraints": solver["n_constraints"],
-        "n_binaries": solver["n_binaries"],
-        "bounds_s": sec["bounds"], "build_s": sec["build"], "solve_s": sec["solve"], "total_s": total,
-        "translate_s": ht["translate"] if ht["calls"] else None, "highs_s": highs,
-        "solve_other_s": None if highs is None else sec["solve"] - highs - ht["translate"],
-        "highs_reported_s": ht["highs_reported"] if ht["calls"] else None,
-        "outside_pct": None if highs is None else 100.0 * (total - highs) / total,
-        "wall_s": wall, "cpu_s": cpu, "rounds": solver["rounds"], "objective": solver["objective"],
-        "bound": solver["bound"], "gap": solver["gap"], "status": solver["status"],
-        "lse_gap": solver["lse_gap"], "selfcheck_error": prov["selfcheck_error"],
-        "solver_version": solver["solver_version"], "history": solver["history"], "relu": prov["relu"],
+        "n_binaries": solver["n_binaries"], "rounds": solver["rounds"],
+        "bounds_s": sec["bounds"], "build_s": sec["build"], "handover_s": solver["handover_seconds"],
+        "highs_s": solver["highs_seconds"], "solve_s": sec["solve"], "total_s": total,
+        "outside_pct": 100.0 * (total - solver["highs_seconds"]) / total, "cpu_s": cpu,
+        "objective": solver["objective"], "bound": solver["bound"], "gap": solver["gap"],
+        "status": solver["status"], "lse_gap": solver["lse_gap"], "selfcheck_error": prov["selfcheck_error"],
+        "solver_version": solver["solver_version"], "history": solver["history"],
     }
 
 
 def warm_up() -> None:
-    """One tiny solve, so the first timed run does not pay for imports and first calls."""
+    """One tiny solve per engine, so the first timed run does not pay for imports and first calls."""
     torch.manual_seed(0)
     net = nn.Sequential(OrderedDict(flatten=nn.Flatten(), fc1=nn.Linear(4, 6), relu1=nn.ReLU(),
                                     fc2=nn.Linear(6, 3))).eval()
     x = torch.rand(3, 4)
     with torch.no_grad():
         y = net(x).argmax(1)
-    for variant in VARIANTS.values():
-        score(net, x, y, ScoreConfig(mode="exact", batch_size=3, **variant))
+    for engine in ENGINES.values():
+        score(net, x, y, ScoreConfig(mode="exact", batch_size=3, **engine))
+
+
+def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each (model, mode) with both engines: old/new ratios and the objective difference."""
+    out = []
+    index = {(r["model"], r["mode"], r["engine"]): r for r in rows}
+    for (model, mode, engine), new in index.items():
+        old = index.get((model, mode, "old"))
+        if engine != "new" or old is None or "error" in (old["status"], new["status"]):
+            continue
+        diff = abs(old["objective"] - new["objective"])
+        out.append({"model": model, "mode": mode,
+                    "rounds": f"{old['rounds']} -> {new['rounds']}",
+                    **{f"{k}_ratio": old[f"{k}_s"] / new[f"{k}_s"] for k in ("total", "highs", "handover", "build")},
+                    "obj_diff": diff, "rel_obj_diff": diff / max(abs(old["objective"]), 1e-12),
+                    "status": f"{old['status']}/{new['status']}"})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["fc3", "fc4", "lenet5"])
-    parser.add_argument("--modes", nargs="+", default=["exact", "relaxed"], choices=["exact", "relaxed"])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--models", nargs="+", default=["fc3", "lenet5"])
+    parser.add_argument("--modes", nargs="+", default=["relaxed", "exact"], choices=["exact", "relaxed"])
+    parser.add_argument("--engines", nargs="+", default=list(ENGINES), choices=list(ENGINES))
+    parser.add_argument("--repeat", type=int, default=2, help="runs per engine; the fastest is kept")
     add_common_args(parser, "bench_scoring")
     args = parser.parse_args(argv)
 
     env = environment()
     print_environment(env)
     print(f"settings: epochs {args.epochs}, subset {args.subset}, B {args.batch_size}, "
-          f"time limit {args.time_limit:g} s, seed {args.seed}\n")
+          f"time limit {args.time_limit:g} s, seed {args.seed}, best of {args.repeat}\n")
     warm_up()
     data = load_mnist(args.subset)
     rows: list[dict[str, Any]] = []
@@ -166,55 +137,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: skipped: {err}", flush=True)
             continue
         for mode in args.modes:
-            unstable = None
-            for variant in args.variants:
+            for engine in args.engines:
                 cfg = ScoreConfig(mode=mode, time_limit=args.time_limit, batch_size=args.batch_size,
-                                  seed=args.seed, **VARIANTS[variant])
-                print(f"  {mode:8s} {variant:6s} ...", end=" ", flush=True)
-                row = {"model": name, "mode": mode, "variant": variant, **run_one(model, x, y, idx, cfg)}
-                if variant == "ours" and row["status"] != "error":
-                    unstable = row["indicators"]
-                row["unstable"] = unstable
-                rows.append(row)
-                print(f"{row['status']} in {row['wall_s']:.2f} s", flush=True)
+                                  seed=args.seed, **ENGINES[engine])
+                print(f"  {mode:8s} {engine:4s} ...", end=" ", flush=True)
+                runs = [run_one(model, x, y, idx, cfg) for _ in range(args.repeat)]
+                best = min(runs, key=lambda r: r["total_s"])
+                rows.append({"model": name, "mode": mode, "engine": engine, **best,
+                             "totals_s": [r["total_s"] for r in runs]})
+                print(f"{best['status']}, total " + " / ".join(f"{r['total_s']:.2f}" for r in runs) + " s",
+                      flush=True)
     print()
-    print("model size and result:")
-    print(format_table(rows, SIZE_COLUMNS))
-    print("\ntime, seconds (total = bounds + build + solve; translate and HiGHS are parts of solve):")
-    print(format_table(rows, TIME_COLUMNS))
+    print(format_table(rows, COLUMNS))
     comparisons = compare(rows)
     if comparisons:
-        print("\nplain / ours (same model, mode, batch):")
+        print("\nold / new (same model, mode, batch; time ratios > 1: the new engine is faster):")
         print(format_table(comparisons, [
-            ("model", "model", "s"), ("mode", "mode", "s"), ("total_ratio", "total b/a", ".2f"),
-            ("solve_ratio", "solve b/a", ".2f"), ("highs_ratio", "HiGHS b/a", ".2f"),
-            ("obj_diff", "|obj_a - obj_b|", ".2e"), ("rel_obj_diff", "rel", ".2e"),
-            ("status", "status a/b", "s")]))
-    print("\nunstable = ReLU units (x batch) whose sign the interval bounds leave open; ReLU v = "
-          "indicator variables in the model (plain: every unit); outside % = 100 (total - HiGHS) / total; "
-          "a b/a ratio with b at its time limit is a lower bound.")
+            ("model", "model", "s"), ("mode", "mode", "s"), ("rounds", "rounds old -> new", "s"),
+            ("total_ratio", "total", ".2f"), ("highs_ratio", "HiGHS", ".2f"), ("handover_ratio", "hand-over", ".1f"),
+            ("build_ratio", "build", ".2f"), ("obj_diff", "|obj_old - obj_new|", ".2e"),
+            ("rel_obj_diff", "rel", ".2e"), ("status", "status old/new", "s")]))
+    print("\nbuild: the formulation's blocks (both engines); hand-over: old = Pyomo model + appsi, new = "
+          "highspy calls; total: the whole score() call; outside % = 100 (total - HiGHS) / total.")
     csv_path, json_path = write_results(args.out, "bench_scoring", rows, {
         "environment": env, "settings": vars(args) | {"cache": str(args.cache), "out": str(args.out)},
         "comparisons": comparisons})
     print(f"written: {csv_path}, {json_path}")
     return 0
-
-
-def compare(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """For each (model, mode) with both variants: time ratios plain/ours and objective agreement."""
-    out = []
-    index = {(r["model"], r["mode"], r["variant"]): r for r in rows}
-    for (model, mode, variant), a in index.items():
-        b = index.get((model, mode, "plain"))
-        if variant != "ours" or b is None or "error" in (a["status"], b["status"]):
-            continue
-        ratio = lambda key: b[key] / a[key] if a.get(key) and b.get(key) is not None else None  # noqa: E731
-        diff = abs(a["objective"] - b["objective"])
-        out.append({"model": model, "mode": mode, "total_ratio": ratio("total_s"), "solve_ratio": ratio("solve_s"),
-                    "highs_ratio": ratio("highs_s"), "obj_diff": diff,
-                    "rel_obj_diff": diff / max(abs(a["objective"]), 1e-12),
-                    "status": f"{a['status']}/{b['status']}"})
-    return out
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ FirstLP = Literal["simplex", "ipm"]
 Bias = Literal["keep-bias", "remove"]
 BatchRule = Literal["random", "authors"]
 RandomRule = Literal["uniform", "authors"]
+Backend = Literal["highspy", "appsi"]
+LSE = Literal["lifted", "tangent"]
 
 
 def choices(cls: type, name: str) -> tuple:
@@ -133,7 +135,6 @@ class ScoreConfig:
     batch_rule: BatchRule = field(default="random", metadata={
         "help": "MIP batch: random (seeded draw of correctly classified training-split images per class) or "
                 "authors (their deterministic pick: the last fully-correct balanced chunk of the full training set)"})
-    solver: str = field(default="appsi_highs", metadata={"help": "Pyomo solver name (appsi_highs is persistent)"})
     kelley_tol: float = field(default=1e-6, metadata={"help": "stop when max_b LSE(z_b) - t_b <= this"})
     max_rounds: int = field(default=100, metadata={"help": "maximum Kelley rounds"})
     presolve: bool = field(default=True, metadata={"help": "fix stable units (no binary) before solving"})
@@ -144,9 +145,15 @@ class ScoreConfig:
     first_lp: FirstLP = field(default="simplex", metadata={
         "help": "HiGHS algorithm of each phase's first LP solve: simplex, or ipm (interior point + crossover; "
                 "faster on large LPs such as deep VGG blocks); later Kelley rounds hot-start with simplex"})
+    backend: Backend = field(default="highspy", metadata={
+        "help": "highspy (the model's sparse blocks straight to HiGHS, cuts added to the live solver) or appsi "
+                "(the same model through Pyomo and its appsi HiGHS interface: the engine before issue 16)"})
+    lse: LSE = field(default="lifted", metadata={
+        "help": "ce loss: lifted (sum_k u_k <= 1, u_k >= exp(z_k - t), a tangent cut per exponential) or "
+                "tangent (tangent cuts of t >= LSE(z) itself: the engine before issue 16, more rounds)"})
 
     def __post_init__(self) -> None:
-        for name in ("mode", "first_lp", "loss", "batch_rule"):
+        for name in ("mode", "first_lp", "loss", "batch_rule", "backend", "lse"):
             _check_choice(name, getattr(self, name), choices(ScoreConfig, name))
         _check_positive("lambda", self.lambda_, allow_zero=True)
         _check_positive("epsilon", self.epsilon, allow_zero=True)

@@ -230,16 +230,19 @@ def test_formulation_sizes_hand_counted():
     off2, on2, un2 = stability(b.lower[3], b.upper[3])
     assert un1.sum() == un2.sum() == 0
     form = build_formulation(spec, b, x, y, ScoreConfig(mode="exact"))
-    n_vars = 7 + 4 * 2 + 4 + 1 + 2  # scores, logits, t, theta, excess: stable units have no variable
+    # scores, logits, t, theta, excess, u (lifted LSE): stable units have no variable
+    n_vars = 7 + 4 * 2 + 4 + 1 + 2 + 4 * 2
     # A dead first-layer unit has Ũ = 0, so its row L ≤ a ≤ 0 holds a constant and is dropped. A row
     # in one variable is a bound: every live first-layer row (s1_j only), and a second-layer row
     # whose sample has a single live first-layer unit (dead units: s1 of it; live: s1 of it and s2_j).
     live1 = on1.sum(axis=1)
     relu_rows = int(sum(off2[b].sum() * (live1[b] >= 2) + on2[b].sum() * (live1[b] >= 1) for b in range(4)))
-    rows = relu_rows + 4 * 2 + 4 + 2  # relu, logits, 1 cut/sample, sum-largest
+    # relu, logits, Σ_k u_bk ≤ 1 and a tangent per u_bk (each exp(w) ≥ 1e-8 here), sum-largest
+    rows = relu_rows + 4 * 2 + 4 * (1 + 2) + 2
     assert off1.sum() > 0 and relu_rows > 0
-    s1 = [form.scores["fc1"][j] for j in range(4)]
-    assert any(v.lb > 0 for v in s1)  # a live first-layer unit's row s1_j ≥ 1 − a/Ũ became a bound
+    # a live first-layer unit's row s1_j ≥ 1 − a/Ũ became a bound
+    assert np.any(form.program.col_lower[form.scores["fc1"]] > 0)
+    assert form.sizes() == {"variables": n_vars, "binaries": 0, "constraints": rows}
 
     assert sum(1 for _ in form.model.component_data_objects(pe.Var)) == n_vars
     assert sum(1 for _ in form.model.component_data_objects(pe.Constraint)) == rows
@@ -285,11 +288,12 @@ def test_highs_time_limit_counts_the_runs_so_far():
 
     from critneuron.mip.solve import highs_time_limit
 
-    assert highs_time_limit(SimpleNamespace(_solver_model=None), 30.0) == 30.0
-    used = SimpleNamespace(_solver_model=SimpleNamespace(getRunTime=lambda: 250.0))
+    assert highs_time_limit(None, 30.0) == 30.0
+    used = SimpleNamespace(getRunTime=lambda: 250.0)
     assert highs_time_limit(used, 30.0) == 280.0 and highs_time_limit(used, 0.0) == 251.0
     net = tiny_fc()
     torch.manual_seed(1)
     x, y = 4 * torch.rand(3, 2), torch.tensor([0, 1, 1])
-    report = score(net, x, y, ScoreConfig(time_limit=5)).provenance["solver"]
-    assert report["rounds"] > 1 and report["status"] == "optimal"  # the limit works across rounds
+    for backend in ("highspy", "appsi"):
+        report = score(net, x, y, ScoreConfig(time_limit=5, backend=backend)).provenance["solver"]
+        assert report["rounds"] > 1 and report["status"] == "optimal"  # the limit works across rounds

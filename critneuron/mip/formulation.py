@@ -1,14 +1,19 @@
-"""Pyomo model of a trained network on a batch, with one importance score per neuron/channel.
+"""The scoring MIP of a trained network on a batch, with one importance score per neuron/channel.
 
-What the net is lives in `spec`, its bounds in `bounds`; this module only encodes. Each sample's
-activations are carried as affine expressions ``A·src + c + G·s`` (src: the sample's variables
-so far, s: all scores). A stable unit gets no variable: its output z = ã (or 0) is substituted,
-which is exact; so only unstable units get variables (z and v), plus whole layers whose
-expressions have grown dense (to keep rows sparse; and a dense pre-activation of an unstable
-unit, which its two big-M rows would each repeat) and the logits. Units that share a
-variable (repeated values) share one column. The first layer's input is
-the data, so e.g. LeNet-5's conv activations are affine in a handful of scores and the LP has
-hundreds of columns instead of tens of thousands. The solver never appears here.
+What the net is lives in `spec`, its bounds in `bounds`; this module only encodes. The builder
+emits the model once, as sparse blocks (`Program`: columns with bounds, costs and integrality;
+rows lo ≤ A x ≤ hi in named groups). Everything else is made from those blocks: the solver's
+model (`solve` passes them straight to HiGHS) and the Pyomo model (`Formulation.model`, the
+documented form of the same program). There is no second copy of the formulation.
+
+Each sample's activations are carried as affine forms ``E·x + c`` in the columns x created so
+far (scores included). A stable unit gets no column: its output z = ã (or 0) is substituted,
+which is exact; so only unstable units get columns (z and v), plus whole layers whose forms have
+grown dense (to keep rows sparse; and a dense pre-activation of an unstable unit, which its two
+big-M rows would each repeat) and the logits. Units with the same value share one column. The
+first layer's input is the data, so e.g. LeNet-5's conv activations are affine in a handful of
+scores and the LP has hundreds of columns instead of tens of thousands. A row in one column
+becomes a bound on it; a row in none is dropped.
 
 Formulation (ElAraby, Wolf, Carvalho, the authors' final code):
 
@@ -19,13 +24,16 @@ Formulation (ElAraby, Wolf, Carvalho, the authors' final code):
 * presolve of stable units, exactly equivalent to the four rows above: U ≤ 0 gives z = 0 and
   :math:`L \\le \\tilde a \\le 0`; L ≥ 0 gives :math:`z = \\tilde a \\in [0, U]`;
 * objective :math:`\\lambda \\frac1B\\sum_b (t_b - \\hat z_{b,y_b}) + \\mathrm{SumLargest}_{m-1}(g)`,
-  :math:`g_l = \\sum_i (s_i - 2)/n_l`, with :math:`t_b \\ge \\mathrm{LSE}(\\hat z_b)` enforced by
-  tangent cuts (``ce``) or :math:`t_b \\ge \\hat z_{b,k}` (``margin``).
+  :math:`g_l = \\sum_i (s_i - 2)/n_l`, with :math:`t_b \\ge \\mathrm{LSE}(\\hat z_b)` (``ce``) or
+  :math:`t_b \\ge \\hat z_{b,k}` (``margin``). ``ce`` is written in its lifted (separable) form
+  :math:`\\sum_k u_{b,k} \\le 1,\\ u_{b,k} \\ge e^{\\hat z_{b,k} - t_b}`, each exponential enforced by
+  tangent cuts (``lse="lifted"``), or by tangent cuts of LSE itself (``lse="tangent"``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyomo.environ as pe
@@ -36,46 +44,141 @@ from critneuron.mip.bounds import Bounds, forward, shift_scale, stability
 from critneuron.config import ScoreConfig
 from critneuron.mip.spec import AffineSpec, NetworkSpec, ReLUSpec
 
+# Tangents of exp with a slope below this are not added: HiGHS drops matrix entries under 1e-9,
+# and an exponential this small moves the log-sum-exp by less than the Kelley tolerance.
+_MIN_SLOPE = 1e-8
+
+
+@dataclass
+class Rows:
+    """Rows lower ≤ matrix·x ≤ upper (±inf: no bound), all in the group `group`."""
+
+    group: str
+    matrix: sp.csr_matrix
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@dataclass
+class Program:
+    """The scoring model as sparse blocks: minimise cost·x subject to every `rows` chunk and
+    col_lower ≤ x ≤ col_upper, x_j integer where `integer`. `groups` names the columns:
+    (dotted name, first column, index keys), e.g. ("relu1.z", 40, [(b, j), ...])."""
+
+    col_lower: np.ndarray
+    col_upper: np.ndarray
+    cost: np.ndarray
+    integer: np.ndarray
+    groups: list[tuple[str, int, list]]
+    rows: list[Rows]
+
+    @property
+    def n_cols(self) -> int:
+        """Number of columns."""
+        return len(self.cost)
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows over all chunks."""
+        return sum(r.matrix.shape[0] for r in self.rows)
+
+    def matrix(self) -> Rows:
+        """All rows stacked into one (group: the first chunk's)."""
+        chunks = self.rows
+        if not chunks:
+            return Rows("", sp.csr_matrix((0, self.n_cols)), np.zeros(0), np.zeros(0))
+        mats = [sp.csr_matrix((r.matrix.data, r.matrix.indices, r.matrix.indptr),
+                              shape=(r.matrix.shape[0], self.n_cols)) for r in chunks]
+        return Rows(chunks[0].group, sp.vstack(mats, format="csr"),
+                    np.concatenate([r.lower for r in chunks]), np.concatenate([r.upper for r in chunks]))
+
 
 @dataclass
 class Formulation:
-    """A built model and handles to the variables callers need."""
+    """A built model: its `Program`, the columns callers need, and the current point `values`.
 
-    model: pe.ConcreteModel
-    scores: dict[str, list]
+    `scores[name]`, `logits` (B × K), `loss_epigraph` (t_b) and `exps` (B × K, the lifted form's
+    u_{b,k}; empty otherwise) hold column indices. `warm_start` is a full point (s = 1 and the
+    observed activations). `model` is the Pyomo form of the same program.
+    """
+
+    program: Program
+    scores: dict[str, np.ndarray]
     logits: np.ndarray
-    loss_epigraph: list
+    loss_epigraph: np.ndarray
     labels: np.ndarray
-    warm_start: list = field(default_factory=list)
+    lse: str
+    exps: np.ndarray
+    warm_start: np.ndarray
     relu_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     n_cuts: int = 0
+    values: np.ndarray | None = None
+    _pyomo: Any = None
 
-    def add_lse_cuts(self, points: np.ndarray, samples: list[int] | None = None) -> None:
-        """Tangent cuts t_b ≥ LSE(ζ_b) + softmax(ζ_b)ᵀ(ẑ_b − ζ_b) at the given logits ζ (B × K)."""
-        cuts = self.model.lse_cuts
-        for b in range(len(points)) if samples is None else samples:
-            zeta = np.asarray(points[b], dtype=np.float64)
-            lse = logsumexp(zeta)
-            p = np.exp(zeta - lse)
-            expr = LinearExpression(constant=0.0, linear_coefs=[1.0] + (-p).tolist(),
-                                    linear_vars=[self.loss_epigraph[b]] + list(self.logits[b]))
-            cuts.add(expr >= float(lse - p @ zeta))
-            self.n_cuts += 1
+    @property
+    def model(self) -> pe.ConcreteModel:
+        """The Pyomo model of the program (built on first use; rows added since are appended)."""
+        if self._pyomo is None:
+            self._pyomo = _PyomoModel(self.program)
+        self._pyomo.sync()
+        return self._pyomo.model
+
+    @property
+    def pyomo_vars(self) -> list:
+        """The Pyomo variables in column order."""
+        self.model  # noqa: B018 - builds the model on first use
+        return self._pyomo.variables
+
+    def add_lse_cuts(self, values: np.ndarray, samples: list[int]) -> Rows:
+        """Cuts for the samples' log-sum-exp at the point `values` (all columns); returns the
+        chunk, which is also appended to the program.
+
+        Lifted form: for each exponential u_{b,k} ≥ exp(ẑ_{b,k} − t_b), the tangent at
+        w = ζ_k − LSE(ζ), the point moved onto Σ_k exp = 1 (t_b := LSE). A point with t_b below
+        its LSE by δ > 0 violates at least one of them (their right-hand sides sum to 1 + δ).
+        Tangent form: t_b ≥ LSE(ζ) + softmax(ζ)ᵀ(ẑ_b − ζ). ζ: the point's logits ẑ_b.
+        """
+        zeta = values[self.logits[samples]]
+        if self.lse == "tangent":
+            rows = _tangent_cuts(self.logits[samples], self.loss_epigraph[samples], zeta, self.program.n_cols)
+        else:
+            lse = np.array([logsumexp(z) for z in zeta])
+            rows = _exp_cuts(self, samples, zeta - lse[:, None])
+        self.program.rows.append(rows)
+        self.n_cuts += rows.matrix.shape[0]
+        return rows
+
+    def lifted(self, values: np.ndarray) -> np.ndarray:
+        """`values` with t_b := LSE(ẑ_b) (and u_{b,k} := exp(ẑ_{b,k} − t_b)): feasible for every
+        cut, since LSE and exp are convex; the start of the next MIP round."""
+        out = values.copy()
+        zeta = values[self.logits]
+        t = np.array([logsumexp(z) for z in zeta])
+        out[self.loss_epigraph] = t
+        if self.exps.size:
+            out[self.exps] = np.exp(zeta - t[:, None])
+        return out
+
+    def lse_gaps(self) -> np.ndarray:
+        """LSE(ẑ_b) − t_b at the current point, per sample."""
+        return np.array([logsumexp(z) for z in self.logit_values()]) - self.values[self.loss_epigraph]
+
+    def objective_value(self) -> float:
+        """Objective at the current point."""
+        return float(self.program.cost @ self.values)
 
     def sizes(self) -> dict[str, int]:
-        """Active variables, binaries and constraints of the model as it is now."""
-        variables = list(self.model.component_data_objects(pe.Var, active=True))
-        return {"variables": len(variables), "binaries": sum(1 for v in variables if v.is_binary()),
-                "constraints": sum(1 for _ in self.model.component_data_objects(pe.Constraint, active=True))}
+        """Variables, binaries and constraints of the model as it is now."""
+        return {"variables": self.program.n_cols, "binaries": int(self.program.integer.sum()),
+                "constraints": self.program.n_rows}
 
     def score_values(self) -> dict[str, np.ndarray]:
         """Current values of the score variables, clipped to [0, 1]."""
-        return {k: np.clip(np.array([pe.value(v) for v in vs], dtype=float), 0.0, 1.0)
-                for k, vs in self.scores.items()}
+        return {k: np.clip(self.values[cols], 0.0, 1.0) for k, cols in self.scores.items()}
 
     def logit_values(self) -> np.ndarray:
         """Current values of the logit variables (B × K)."""
-        return np.vectorize(pe.value, otypes=[float])(self.logits)
+        return self.values[self.logits]
 
 
 def logsumexp(z: np.ndarray) -> float:
@@ -84,56 +187,32 @@ def logsumexp(z: np.ndarray) -> float:
     return top + float(np.log(np.sum(np.exp(z - top))))
 
 
-@dataclass
-class _State:
-    """Per-sample affine form of the current activation: A[b] @ src[b] + c[b] + G[b] @ s."""
-
-    src: list[np.ndarray]  # per sample: object array of the variables so far (None: a fixed zero)
-    a: list[sp.csr_matrix]
-    c: np.ndarray
-    g: list[sp.csr_matrix]
-
-    def mean_row_nnz(self) -> float:
-        """Average number of nonzeros of a row (variables + scores) over units and samples."""
-        return sum(a.nnz + g.nnz for a, g in zip(self.a, self.g)) / max(self.c.size, 1)
+def _tangent_cuts(logits: np.ndarray, t: np.ndarray, zeta: np.ndarray, n_cols: int) -> Rows:
+    """t_b − softmax(ζ_b)ᵀ ẑ_b ≥ LSE(ζ_b) − softmax(ζ_b)ᵀ ζ_b, one row per sample."""
+    lse = np.array([logsumexp(z) for z in zeta])
+    p = np.exp(zeta - lse[:, None])
+    batch, k = logits.shape
+    rows = np.repeat(np.arange(batch), k + 1)
+    cols = np.concatenate([t[:, None], logits], axis=1).ravel()
+    vals = np.concatenate([np.ones((batch, 1)), -p], axis=1).ravel()
+    mat = sp.csr_matrix((vals, (rows, cols)), shape=(batch, n_cols))
+    return Rows("lse_cuts", mat, lse - np.sum(p * zeta, axis=1), np.full(batch, np.inf))
 
 
-def _tighten(var, coef: float, lower, upper, const: float) -> None:
-    """Intersect var's bounds with lower ≤ coef·var + const ≤ upper (None = unbounded)."""
-    ends = [None if b is None else (float(b) - const) / coef for b in (lower, upper)]
-    lo, hi = ends if coef > 0 else ends[::-1]
-    if lo is not None and (var.lb is None or lo > var.lb):
-        var.setlb(lo)
-    if hi is not None and (var.ub is None or hi < var.ub):
-        var.setub(hi)
-
-
-def _add_rows(con: pe.Constraint, parts: list[tuple[sp.csr_matrix, np.ndarray]], lower, upper, const) -> None:
-    """Add rows lower ≤ Σ_parts M @ vars + const ≤ upper (None = unbounded); skip rows without
-    variables; a row with one variable becomes a bound on it (the same feasible set, fewer rows)."""
-    n = parts[0][0].shape[0]
-    lower = np.broadcast_to(np.asarray(lower, dtype=object), (n,))
-    upper = np.broadcast_to(np.asarray(upper, dtype=object), (n,))
-    const = np.broadcast_to(np.asarray(const, dtype=np.float64), (n,))
-    for i in range(n):
-        coefs, vs = [], []
-        for mat, variables in parts:
-            lo, hi = mat.indptr[i], mat.indptr[i + 1]
-            cols, vals = mat.indices[lo:hi], mat.data[lo:hi]
-            picked = variables[cols]
-            keep = np.not_equal(picked, None) & (vals != 0)
-            coefs.extend(vals[keep].tolist())
-            vs.extend(picked[keep].tolist())
-        if not vs:
-            continue
-        if len(vs) == 1:  # a bound on one variable: tighten its bounds instead of adding a row
-            _tighten(vs[0], coefs[0], lower[i], upper[i], float(const[i]))
-            continue
-        expr = LinearExpression(constant=float(const[i]), linear_coefs=coefs, linear_vars=vs)
-        lo_i = None if lower[i] is None else float(lower[i])
-        hi_i = None if upper[i] is None else float(upper[i])
-        con.add(pe.inequality(lo_i, expr, hi_i) if lo_i is not None and hi_i is not None
-                else (expr >= lo_i if hi_i is None else expr <= hi_i))
+def _exp_cuts(form: Formulation, samples: list[int], w: np.ndarray) -> Rows:
+    """u_{b,k} − e ẑ_{b,k} + e t_b ≥ e (1 − w_{b,k}), e = exp(w_{b,k}) (the tangent of exp at
+    w, samples × classes), where the slope e is not negligible."""
+    e = np.exp(w)
+    keep = e >= _MIN_SLOPE
+    u, z = form.exps[samples][keep], form.logits[samples][keep]
+    t = np.broadcast_to(form.loss_epigraph[samples][:, None], keep.shape)[keep]
+    e, w = e[keep], w[keep]
+    n = len(e)
+    rows = np.repeat(np.arange(n), 3)
+    cols = np.stack([u, z, t], axis=1).ravel()
+    vals = np.stack([np.ones(n), -e, e], axis=1).ravel()
+    mat = sp.csr_matrix((vals, (rows, cols)), shape=(n, form.program.n_cols))
+    return Rows("lse_cuts", mat, e * (1.0 - w), np.full(n, np.inf))
 
 
 def _select(mask: np.ndarray) -> sp.csr_matrix:
@@ -142,94 +221,97 @@ def _select(mask: np.ndarray) -> sp.csr_matrix:
 
 
 class _Builder:
-    """Walks the spec once, creating one Pyomo block per ReLU and per materialised layer.
+    """Walks the spec once, emitting columns and rows (see the module docstring).
 
-    Activations stay affine expressions in (earlier variables, scores) as long as they are
-    sparse: a stable unit needs no variable of its own (z = ã or z = 0 is substituted), which
-    is exact and leaves only unstable units, dense layers and the logits as variables.
+    Per sample b the current activation is ``expr[b] @ x + const[b]`` over the columns so far.
     """
 
     def __init__(self, spec: NetworkSpec, bounds: Bounds, x: np.ndarray, cfg: ScoreConfig, dense_limit: float):
         self.spec, self.bounds, self.cfg, self.dense_limit = spec, bounds, cfg, dense_limit
         self.batch = len(x)
-        self.m = pe.ConcreteModel(name="critneuron")
         self.values = forward(spec, x)  # unshifted activations, for the warm start
-        self.warm: list = []
+        self.n_cols = 0
+        self.lower, self.upper, self.integer, self.warm = [], [], [], []
+        self.groups: list[tuple[str, int, list]] = []
+        self.rows: list[Rows] = []
+        self.tightened: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.counts: dict[str, dict[str, int]] = {}
-        self._build_scores()
-        self.n_scores = len(self.s_all)
+        self.scores = {layer.name: self.columns(f"scores.{layer.name}", list(range(layer.n_units)), 0.0, 1.0, 1.0)
+                       for layer in spec.scored}
         n_in = x[0].size
-        self.state = _State([np.empty(0, dtype=object)] * self.batch, [sp.csr_matrix((n_in, 0))] * self.batch,
-                            np.asarray(x, dtype=np.float64).reshape(self.batch, -1),
-                            [sp.csr_matrix((n_in, self.n_scores))] * self.batch)
+        self.expr = [sp.csr_matrix((n_in, self.n_cols))] * self.batch
+        self.const = np.asarray(x, dtype=np.float64).reshape(self.batch, -1)
 
-    def _build_scores(self) -> None:
-        self.m.scores = pe.Block()
-        self.scores, self.offsets, flat = {}, {}, []
-        for layer in self.spec.scored:
-            var = pe.Var(range(layer.n_units), bounds=(0.0, 1.0))
-            self.m.scores.add_component(layer.name, var)
-            self.offsets[layer.name] = len(flat)
-            self.scores[layer.name] = [var[i] for i in range(layer.n_units)]
-            flat.extend(self.scores[layer.name])
-            self.warm.extend((v, 1.0) for v in self.scores[layer.name])
-        self.s_all = np.array(flat, dtype=object)
+    def columns(self, group: str, keys: list, lower, upper, warm, integer: bool = False) -> np.ndarray:
+        """New columns, one per key, with bounds and warm-start values (scalars or arrays)."""
+        n = len(keys)
+        idx = np.arange(self.n_cols, self.n_cols + n)
+        for store, value in ((self.lower, lower), (self.upper, upper), (self.warm, warm)):
+            store.append(np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)))
+        self.integer.append(np.full(n, integer))
+        self.groups.append((group, self.n_cols, keys))
+        self.n_cols += n
+        return idx
+
+    def wide(self, mat: sp.csr_matrix) -> sp.csr_matrix:
+        """`mat` (over the first columns) as a matrix over all columns so far."""
+        mat = mat.tocsr()
+        return sp.csr_matrix((mat.data, mat.indices, mat.indptr), shape=(mat.shape[0], self.n_cols))
+
+    def pick(self, cols: np.ndarray, mask: np.ndarray, coef=1.0) -> sp.csr_matrix:
+        """Row j: coef_j·x[cols[j]] where mask[j] and cols[j] ≥ 0, else empty."""
+        coef = np.broadcast_to(np.asarray(coef, dtype=np.float64), cols.shape)
+        keep = np.flatnonzero(mask & (cols >= 0))
+        return sp.csr_matrix((coef[keep], (keep, cols[keep])), shape=(len(cols), self.n_cols))
+
+    def emit(self, group: str, mat: sp.csr_matrix, lower, upper, const) -> None:
+        """Rows lower ≤ mat·x + const ≤ upper (±inf: none); rows without a column are dropped,
+        a row in one column tightens that column's bounds instead (the same feasible set)."""
+        mat = self.wide(mat)
+        mat.sum_duplicates()
+        mat.eliminate_zeros()
+        n = mat.shape[0]
+        const = np.broadcast_to(np.asarray(const, dtype=np.float64), (n,))
+        lower = np.broadcast_to(np.asarray(lower, dtype=np.float64), (n,)) - const
+        upper = np.broadcast_to(np.asarray(upper, dtype=np.float64), (n,)) - const
+        nnz = np.diff(mat.indptr)
+        one = np.flatnonzero(nnz == 1)
+        if one.size:
+            first = mat.indptr[one]
+            coef = mat.data[first]
+            lo, hi = lower[one] / coef, upper[one] / coef
+            self.tightened.append((mat.indices[first], np.where(coef > 0, lo, hi), np.where(coef > 0, hi, lo)))
+        many = nnz >= 2
+        if many.any():
+            self.rows.append(Rows(group, mat[many], lower[many], upper[many]))
 
     def dense(self) -> bool:
-        """Whether the current expressions are dense enough to be worth new variables."""
-        return self.state.mean_row_nnz() > self.dense_limit
+        """Whether the current forms are dense enough to be worth new variables."""
+        return sum(e.nnz for e in self.expr) / max(self.const.size, 1) > self.dense_limit
 
     def affine(self, idx: int, layer: AffineSpec) -> None:
-        st, mat = self.state, layer.matrix
-        st.a = [(mat @ a).tocsr() for a in st.a]
-        st.c = (mat @ st.c.T).T + layer.offset
-        st.g = [(mat @ g).tocsr() for g in st.g]
+        mat = layer.matrix
+        self.expr = [(mat @ e).tocsr() for e in self.expr]
+        self.const = (mat @ self.const.T).T + layer.offset
         if layer.scored:
-            self._shift(idx, layer)
+            u_tilde = shift_scale(self.spec, self.bounds, idx)
+            cols = self.scores[layer.name][layer.unit_of_output]
+            rows = np.arange(len(cols))
+            self.const = self.const - u_tilde
+            self.expr = [self.wide(e) + sp.csr_matrix((u_tilde[b], (rows, cols)), shape=(len(cols), self.n_cols))
+                         for b, e in enumerate(self.expr)]
 
-    def _shift(self, idx: int, layer: AffineSpec) -> None:
-        u_tilde = shift_scale(self.spec, self.bounds, idx)
-        n_out = len(layer.unit_of_output)
-        cols = self.offsets[layer.name] + layer.unit_of_output
-        for b in range(self.batch):
-            self.state.c[b] = self.state.c[b] - u_tilde[b]
-            shift = sp.csr_matrix((u_tilde[b], (np.arange(n_out), cols)), shape=(n_out, self.n_scores))
-            self.state.g[b] = (self.state.g[b] + shift).tocsr()
-
-    def _parts(self, b: int) -> list[tuple[sp.csr_matrix, np.ndarray]]:
-        st = self.state
-        return [(st.g[b], self.s_all), (st.a[b], st.src[b])]
-
-    def _replace_state(self, units: list[np.ndarray]) -> None:
-        """The activation is now exactly the variables `units` (one per unit, None = 0).
-
-        A variable that several units share (repeated values, e.g. an adaptive pool enlarging a
-        1×1 map) becomes one column of A, so the next affine layer sums its coefficients instead
-        of listing the variable once per copy (4× fewer nonzeros in a deep VGG head's Linear).
-        """
-        n = self.state.c.shape[1]
+    def replace(self, units: list[np.ndarray]) -> None:
+        """The activation is now exactly the columns `units` (one per unit, −1 = 0)."""
         self.units = units
-        src, a = [], []
-        for per_unit in units:
-            column: dict[int, int] = {}
-            rows, cols, variables = [], [], []
-            for j, var in enumerate(per_unit):
-                if var is None:
-                    continue
-                k = column.setdefault(id(var), len(variables))
-                if k == len(variables):
-                    variables.append(var)
-                rows.append(j)
-                cols.append(k)
-            src.append(np.array(variables, dtype=object))
-            a.append(sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, len(variables))))
-        self.state = _State(src, a, np.zeros((self.batch, n)), [sp.csr_matrix((n, self.n_scores))] * self.batch)
+        n = self.const.shape[1]
+        self.expr = [self.pick(cols, np.ones(n, dtype=bool)) for cols in units]
+        self.const = np.zeros((self.batch, n))
 
     def _first_copies(self, b: int) -> np.ndarray:
         """For each unit of sample b, the first unit with the same affine form (itself if none):
         e.g. an adaptive pool that enlarges a 1×1 map repeats every value."""
-        st = self.state
-        rows = sp.hstack([st.a[b], st.g[b], sp.csr_matrix(st.c[b][:, None])], format="csr")
+        rows = sp.hstack([self.wide(self.expr[b]), sp.csr_matrix(self.const[b][:, None])], format="csr")
         rows.sum_duplicates()
         first: dict[tuple, int] = {}
         out = np.empty(rows.shape[0], dtype=np.int64)
@@ -239,27 +321,36 @@ class _Builder:
         return out
 
     def materialise(self, idx: int, name: str) -> None:
-        """Turn the current affine form into variables y with rows y = A src + c + G s; units with
-        identical forms share one variable (duplicated columns make the LP degenerate and slow)."""
-        n = self.state.c.shape[1]
-        blk = pe.Block()
-        self.m.add_component(f"{name}_out", blk)
+        """Turn the current affine form into columns y with rows y = E x + c; units with identical
+        forms share one column (duplicated columns make the LP degenerate and slow)."""
+        n = self.const.shape[1]
         firsts = [self._first_copies(b) for b in range(self.batch)]
-        blk.y = pe.Var([(b, j) for b in range(self.batch) for j in np.unique(firsts[b])])
-        blk.definition = pe.ConstraintList()
-        src = []
+        uniques = [firsts[b] == np.arange(n) for b in range(self.batch)]
+        keys = [(b, int(j)) for b in range(self.batch) for j in np.flatnonzero(uniques[b])]
+        warm = np.concatenate([self.values[idx][b][uniques[b]] for b in range(self.batch)])
+        cols = self.columns(f"{name}_out.y", keys, -np.inf, np.inf, warm)
+        units, start = [], 0
         for b in range(self.batch):
-            unique = firsts[b] == np.arange(n)
-            ys = np.array([blk.y[b, j] if unique[j] else None for j in range(n)], dtype=object)
-            sel = _select(unique)
-            neg = [(-(sel @ m), v) for m, v in self._parts(b)]
-            _add_rows(blk.definition, [(sel, ys)] + neg, 0.0, 0.0, np.where(unique, -self.state.c[b], 0.0))
-            self.warm.extend((ys[j], self.values[idx][b][j]) for j in np.flatnonzero(unique))
-            src.append(ys[firsts[b]])
-        self._replace_state(src)
+            ys = np.full(n, -1)
+            ys[uniques[b]] = cols[start:start + uniques[b].sum()]
+            start += uniques[b].sum()
+            sel = _select(uniques[b])
+            self.emit(f"{name}_out.definition", self.pick(ys, uniques[b]) - sel @ self.wide(self.expr[b]),
+                      0.0, 0.0, np.where(uniques[b], -self.const[b], 0.0))
+            units.append(ys[firsts[b]])
+        self.replace(units)
+
+    def _unit_columns(self, group: str, mask: np.ndarray, lower, upper, warm, integer: bool = False) -> np.ndarray:
+        """One column per (b, j) where mask (B × n); returns B × n column indices (−1: none)."""
+        cols = np.full(mask.shape, -1)
+        b, j = np.nonzero(mask)
+        cols[b, j] = self.columns(group, list(zip(b.tolist(), j.tolist())), lower[b, j], upper[b, j], warm[b, j],
+                                  integer)
+        return cols
 
     def relu(self, idx: int, layer: ReLUSpec) -> None:
         lower, upper = self.bounds.lower[idx - 1], self.bounds.upper[idx - 1]
+        pre = self.values[idx - 1]
         off, on, unstable = stability(lower, upper)
         if not self.cfg.presolve:
             off, on, unstable = np.zeros_like(off), np.zeros_like(on), np.ones_like(unstable)
@@ -269,87 +360,109 @@ class _Builder:
         # variable a = ã defined once (deep VGG heads: half the nonzeros of the LP).
         pre_var = self.cfg.presolve and self.dense()
         has_var = ~off if materialise else unstable
-        n = lower.shape[1]
-        blk = pe.Block()
-        self.m.add_component(layer.name, blk)
-        blk.z = pe.Var([(b, j) for b in range(self.batch) for j in np.flatnonzero(has_var[b])],
-                       bounds=lambda _, b, j: (0.0, max(float(upper[b, j]), 0.0)))
-        v_domain = pe.Binary if self.cfg.mode == "exact" else pe.UnitInterval
-        blk.v = pe.Var([(b, j) for b in range(self.batch) for j in np.flatnonzero(unstable[b])],
-                       domain=v_domain)
-        blk.a = pe.Var([(b, j) for b in range(self.batch) for j in np.flatnonzero(unstable[b])] if pre_var else [])
-        blk.rows = pe.ConstraintList()
-        zs = [np.array([blk.z[b, j] if has_var[b, j] else None for j in range(n)], dtype=object)
-              for b in range(self.batch)]
+        inf = np.full(lower.shape, np.inf)
+        zs = self._unit_columns(f"{layer.name}.z", has_var, np.zeros_like(lower), np.maximum(upper, 0.0),
+                                np.maximum(pre, 0.0))
+        vs = self._unit_columns(f"{layer.name}.v", unstable, np.zeros_like(lower), np.ones_like(upper),
+                                (pre > 0).astype(float), self.cfg.mode == "exact")
+        pres = self._unit_columns(f"{layer.name}.a", unstable if pre_var else np.zeros_like(unstable), -inf, inf, pre)
         for b in range(self.batch):
-            pres = (np.array([blk.a[b, j] if unstable[b, j] else None for j in range(n)], dtype=object)
-                    if pre_var else None)
-            self._relu_rows(blk, b, zs[b], pres, lower[b], upper[b], off[b], on[b] & has_var[b], on[b] & ~has_var[b],
-                            unstable[b])
-            self._relu_warm(blk, b, zs[b], pres, unstable[b], self.values[idx - 1][b])
+            self._relu_rows(f"{layer.name}.rows", b, zs[b], vs[b], pres[b] if pre_var else None, lower[b], upper[b],
+                            off[b], on[b] & has_var[b], on[b] & ~has_var[b], unstable[b])
         self.counts[layer.name] = {"units": int(off.size), "off": int(off.sum()), "on": int(on.sum()),
                                    "unstable": int(unstable.sum())}
         if materialise:
-            self._replace_state(zs)
-        else:
-            self._substitute(zs, on, unstable)
+            self.replace(list(zs))
+            return
+        # Sparse ReLU: on units keep their form, off units become 0, unstable units their new column.
+        self.expr = [_select(on[b]) @ self.wide(self.expr[b]) + self.pick(zs[b], unstable[b])
+                     for b in range(self.batch)]
+        self.const = np.where(on, self.const, 0.0)
 
-    def _substitute(self, zs: list[np.ndarray], on: np.ndarray, unstable: np.ndarray) -> None:
-        """After a sparse ReLU: on units keep their expression, off units become 0, unstable
-        units become their new variable (appended to the sample's variables)."""
-        st = self.state
-        n = st.c.shape[1]
-        for b in range(self.batch):
-            new = np.flatnonzero(unstable[b])
-            pick = sp.csr_matrix((np.ones(len(new)), (new, np.arange(len(new)))), shape=(n, len(new)))
-            st.a[b] = sp.hstack([_select(on[b]) @ st.a[b], pick], format="csr")
-            st.src[b] = np.concatenate([st.src[b], zs[b][new]])
-            st.g[b] = (_select(on[b]) @ st.g[b]).tocsr()
-        st.c = np.where(on, st.c, 0.0)
-
-    def _relu_rows(self, blk, b, zs, pres, lo, up, off, on_var, on_expr, unstable) -> None:
+    def _relu_rows(self, group, b, zs, vs, pres, lo, up, off, on_var, on_expr, unstable) -> None:
         """Rows of sample b's ReLU units; `pres` (or None): the unstable units' pre-activation
-        variables, defined here and used in their big-M rows instead of the expression."""
-        st, n = self.state, len(zs)
-        pre = self._parts(b)
-        neg_pre = [(-m, v) for m, v in pre]
-        ident = sp.identity(n, format="csr")
-        c = st.c[b]
+        columns, defined here and used in their big-M rows instead of the form."""
+        expr, c, none = self.wide(self.expr[b]), self.const[b], np.inf
         if off.any():  # L ≤ ã ≤ 0
-            _add_rows(blk.rows, [(_select(off) @ m, v) for m, v in pre], np.where(off, lo, None),
-                      np.where(off, 0.0, None), np.where(off, c, 0.0))
+            self.emit(group, _select(off) @ expr, np.where(off, lo, -none), np.where(off, 0.0, none),
+                      np.where(off, c, 0.0))
         if on_var.any():  # z = ã (z ∈ [0, U] by its bounds)
-            _add_rows(blk.rows, [(_select(on_var) @ ident, zs)] + [(_select(on_var) @ m, v) for m, v in neg_pre],
-                      0.0, 0.0, np.where(on_var, -c, 0.0))
+            self.emit(group, self.pick(zs, on_var) - _select(on_var) @ expr, 0.0, 0.0, np.where(on_var, -c, 0.0))
         if on_expr.any():  # z = ã substituted: 0 ≤ ã ≤ U
-            _add_rows(blk.rows, [(_select(on_expr) @ m, v) for m, v in pre], np.where(on_expr, 0.0, None),
-                      np.where(on_expr, up, None), np.where(on_expr, c, 0.0))
-        if unstable.any():
-            vs = np.array([blk.v[b, j] if unstable[j] else None for j in range(n)], dtype=object)
-            sel = _select(unstable)
-            if pres is not None:  # a = ã, then the big-M rows in a
-                _add_rows(blk.rows, [(sel @ ident, pres)] + [(sel @ m, v) for m, v in neg_pre], 0.0, 0.0,
-                          np.where(unstable, -c, 0.0))
-                neg_pre, c = [(-ident, pres)], np.zeros(n)
-            # z ≥ ã
-            _add_rows(blk.rows, [(sel @ ident, zs)] + [(sel @ m, v) for m, v in neg_pre],
-                      np.where(unstable, 0.0, None), None, np.where(unstable, -c, 0.0))
-            # z ≤ ã − (1 − v)L  ⇔  z − ã − L v ≤ −L
-            _add_rows(blk.rows, [(sel @ ident, zs), (sel @ sp.diags(-lo, format="csr"), vs)]
-                      + [(sel @ m, v) for m, v in neg_pre], None, np.where(unstable, 0.0, None),
-                      np.where(unstable, -c + lo, 0.0))
-            # z ≤ v·max(U, 0)
-            _add_rows(blk.rows, [(sel @ ident, zs), (sel @ sp.diags(-np.maximum(up, 0.0), format="csr"), vs)],
-                      None, np.where(unstable, 0.0, None), 0.0)
+            self.emit(group, _select(on_expr) @ expr, np.where(on_expr, 0.0, -none), np.where(on_expr, up, none),
+                      np.where(on_expr, c, 0.0))
+        if not unstable.any():
+            return
+        pre = _select(unstable) @ expr
+        if pres is not None:  # a = ã, then the big-M rows in a
+            self.emit(group, self.pick(pres, unstable) - pre, 0.0, 0.0, np.where(unstable, -c, 0.0))
+            pre, c = self.pick(pres, unstable), np.zeros_like(c)
+        z = self.pick(zs, unstable)
+        # z ≥ ã
+        self.emit(group, z - pre, np.where(unstable, 0.0, -none), none, np.where(unstable, -c, 0.0))
+        # z ≤ ã − (1 − v)L  ⇔  z − ã − L v ≤ −L
+        self.emit(group, z + self.pick(vs, unstable, -lo) - pre, -none, np.where(unstable, 0.0, none),
+                  np.where(unstable, -c + lo, 0.0))
+        # z ≤ v·max(U, 0)
+        self.emit(group, z + self.pick(vs, unstable, -np.maximum(up, 0.0)), -none, np.where(unstable, 0.0, none), 0.0)
 
-    def _relu_warm(self, blk, b, zs, pres, unstable, pre_values) -> None:
-        for j, z in enumerate(zs):
-            if z is not None:
-                self.warm.append((z, max(float(pre_values[j]), 0.0)))
-            if unstable[j]:
-                self.warm.append((blk.v[b, j], float(pre_values[j] > 0)))
-                if pres is not None:
-                    self.warm.append((pres[j], float(pre_values[j])))
+    def objective(self, y: np.ndarray, logits: np.ndarray, cost: dict[int, float]) -> None:
+        """Loss epigraph t (and the lifted exponentials u), SumLargest penalty; `cost` collects
+        the objective's coefficients by column."""
+        cfg, batch, logits0 = self.cfg, self.batch, self.values[-1]
+        keys = list(range(batch))
+        if cfg.loss == "margin":
+            self.t = self.columns("loss", keys, -np.inf, np.inf, logits0.max(axis=1))
+            k = logits.shape[1]
+            rows = np.repeat(np.arange(batch * k), 2)
+            cols = np.stack([np.repeat(self.t, k), logits.ravel()], axis=1).ravel()
+            vals = np.tile([1.0, -1.0], batch * k)
+            self.emit("margin", sp.csr_matrix((vals, (rows, cols)), shape=(batch * k, self.n_cols)), 0.0, np.inf, 0.0)
+        else:
+            lse0 = np.array([logsumexp(z) for z in logits0])
+            self.t = self.columns("loss", keys, -np.inf, np.inf, lse0)
+        self.exps = np.zeros((batch, 0), dtype=np.int64)
+        if cfg.loss == "ce" and cfg.lse == "lifted":
+            k = logits.shape[1]
+            p0 = np.exp(logits0 - lse0[:, None])
+            self.exps = self.columns("exp.u", [(b, j) for b in range(batch) for j in range(k)], 0.0, 1.0,
+                                     p0.ravel()).reshape(batch, k)
+            rows = np.repeat(np.arange(batch), k)
+            self.emit("exp.sum", sp.csr_matrix((np.ones(batch * k), (rows, self.exps.ravel())),
+                                               shape=(batch, self.n_cols)), -np.inf, 1.0, 0.0)
+        for b in range(batch):
+            cost[self.t[b]] = cost.get(self.t[b], 0.0) + cfg.lambda_ / batch
+            col = logits[b][int(y[b])]
+            cost[col] = cost.get(col, 0.0) - cfg.lambda_ / batch
+        self._sum_largest(cost)
+
+    def _sum_largest(self, cost: dict[int, float]) -> None:
+        """Sum of the m−1 largest g_l (g_1 when m = 1) as k·θ + Σ e_l, e_l ≥ g_l − θ, e_l ≥ 0."""
+        layers = self.spec.scored
+        k = max(len(layers) - 1, 1)
+        g0 = [-1.0 * layer.n_units / layer.norm for layer in layers]  # g at s = 1
+        top = sorted(g0, reverse=True)
+        theta0 = top[k - 1] if len(top) >= k else 0.0
+        theta = self.columns("theta", [None], -np.inf, np.inf, theta0)[0]
+        excess = self.columns("excess", list(range(len(layers))), 0.0, np.inf, [max(g - theta0, 0.0) for g in g0])
+        for i, layer in enumerate(layers):  # e_l + θ − Σ_i s_i / n_l ≥ −2·n_units / n_l
+            cols = np.concatenate([[excess[i], theta], self.scores[layer.name]])
+            vals = np.concatenate([[1.0, 1.0], np.full(layer.n_units, -1.0 / layer.norm)])
+            mat = sp.csr_matrix((vals, (np.zeros(len(cols), dtype=int), cols)), shape=(1, self.n_cols))
+            self.emit("sum_largest", mat, -2.0 * layer.n_units / layer.norm, np.inf, 0.0)
+        cost[theta] = float(k)
+        for col in excess:
+            cost[col] = 1.0
+
+    def program(self, cost: dict[int, float]) -> Program:
+        """The emitted blocks, with every one-column row applied as a bound."""
+        lower, upper = np.concatenate(self.lower), np.concatenate(self.upper)
+        for cols, lo, hi in self.tightened:
+            np.maximum.at(lower, cols, lo)
+            np.minimum.at(upper, cols, hi)
+        c = np.zeros(self.n_cols)
+        c[list(cost)] = list(cost.values())
+        return Program(lower, upper, c, np.concatenate(self.integer), self.groups, self.rows)
 
 
 def build_formulation(spec: NetworkSpec, bounds: Bounds, x: np.ndarray, y: np.ndarray,
@@ -357,8 +470,8 @@ def build_formulation(spec: NetworkSpec, bounds: Bounds, x: np.ndarray, y: np.nd
     """Build the scoring MIP for inputs x (B × ...) with labels y; see the module docstring.
 
     `dense_limit`: an activation becomes variables (at a ReLU or after average pooling) once its
-    affine expressions average more than this many nonzeros per unit; below it, stable units
-    are substituted. Any value gives the same optimum; it only trades rows' density for size.
+    affine forms average more than this many nonzeros per unit; below it, stable units are
+    substituted. Any value gives the same optimum; it only trades rows' density for size.
     """
     builder = _Builder(spec, bounds, x, cfg, dense_limit)
     layers = spec.layers
@@ -371,47 +484,68 @@ def build_formulation(spec: NetworkSpec, bounds: Bounds, x: np.ndarray, y: np.nd
         nxt = None if last else layers[idx + 1]
         if last or (layer.kind == "avgpool2d" and not isinstance(nxt, ReLUSpec) and builder.dense()):
             builder.materialise(idx, layer.name)
-    logits = np.array(builder.units, dtype=object)
-    form = Formulation(builder.m, builder.scores, logits, [], np.asarray(y), builder.warm, builder.counts)
-    _add_objective(form, spec, cfg, builder.values[-1])
+    logits = np.array(builder.units, dtype=np.int64)
+    cost: dict[int, float] = {}
+    builder.objective(np.asarray(y), logits, cost)
+    form = Formulation(builder.program(cost), builder.scores, logits, builder.t, np.asarray(y), cfg.lse,
+                       builder.exps, np.concatenate(builder.warm), builder.counts)
+    if cfg.loss == "ce":  # the first cuts: at the unpruned network's logits
+        form.add_lse_cuts(form.lifted(form.warm_start), list(range(len(x))))
     return form
 
 
-def _add_objective(form: Formulation, spec: NetworkSpec, cfg: ScoreConfig, logits0: np.ndarray) -> None:
-    """Loss epigraph, SumLargest penalty and the objective; first LSE cuts at the unpruned logits."""
-    m, batch = form.model, len(form.logits)
-    m.loss = pe.Var(range(batch))
-    form.loss_epigraph = [m.loss[b] for b in range(batch)]
-    m.lse_cuts = pe.ConstraintList()
-    if cfg.loss == "margin":
-        m.margin = pe.ConstraintList()
-        for b in range(batch):
-            for z in form.logits[b]:
-                m.margin.add(m.loss[b] >= z)
-        form.warm_start.extend((m.loss[b], float(np.max(logits0[b]))) for b in range(batch))
-    else:
-        form.add_lse_cuts(logits0)
-        form.warm_start.extend((m.loss[b], logsumexp(logits0[b])) for b in range(batch))
-    penalty = _sum_largest_penalty(form, spec)
-    loss = sum(m.loss[b] - form.logits[b][int(form.labels[b])] for b in range(batch))
-    m.objective = pe.Objective(expr=cfg.lambda_ / batch * loss + penalty, sense=pe.minimize)
+class _PyomoModel:
+    """Pyomo form of a `Program`: a variable per column in blocks named by the column groups, a
+    `ConstraintList` per row group; rows appended to the program later are added by `sync`."""
 
+    def __init__(self, program: Program):
+        self.program = program
+        self.model = pe.ConcreteModel(name="critneuron")
+        self.variables: list = []
+        for name, start, keys in program.groups:
+            scalar = keys == [None]
+            var = pe.Var() if scalar else pe.Var(keys, dense=True)
+            self._place(name, var)
+            data = [var] if scalar else [var[k] for k in keys]
+            for col, v in enumerate(data, start):
+                lo, hi = program.col_lower[col], program.col_upper[col]
+                if program.integer[col]:
+                    v.domain = pe.Binary  # the only integers are the ReLU indicators
+                v.setlb(None if np.isneginf(lo) else float(lo))
+                v.setub(None if np.isposinf(hi) else float(hi))
+            self.variables.extend(data)
+        nz = np.flatnonzero(program.cost)
+        self.model.objective = pe.Objective(expr=LinearExpression(
+            constant=0.0, linear_coefs=program.cost[nz].tolist(), linear_vars=[self.variables[j] for j in nz]))
+        self.n_chunks = 0
 
-def _sum_largest_penalty(form: Formulation, spec: NetworkSpec):
-    """Sum of the m−1 largest g_l (g_1 when m = 1) as k·θ + Σ u_l, u_l ≥ g_l − θ, u_l ≥ 0."""
-    m, layers = form.model, spec.scored
-    k = max(len(layers) - 1, 1)
-    m.theta = pe.Var()
-    m.excess = pe.Var(range(len(layers)), bounds=(0.0, None))
-    m.sum_largest = pe.ConstraintList()
-    g_values = []
-    for i, layer in enumerate(layers):
-        s = form.scores[layer.name]
-        g = (sum(s) - 2.0 * layer.n_units) / layer.norm
-        m.sum_largest.add(m.excess[i] >= g - m.theta)
-        g_values.append(-1.0 * layer.n_units / layer.norm)
-    top = sorted(g_values, reverse=True)
-    theta0 = top[k - 1] if len(top) >= k else 0.0
-    form.warm_start.append((m.theta, theta0))
-    form.warm_start.extend((m.excess[i], max(g - theta0, 0.0)) for i, g in enumerate(g_values))
-    return k * m.theta + sum(m.excess[i] for i in range(len(layers)))
+    def _place(self, name: str, component) -> Any:
+        """Add `component` at the dotted path `name`, creating blocks on the way."""
+        *blocks, leaf = name.split(".")
+        parent = self.model
+        for part in blocks:
+            if parent.component(part) is None:
+                parent.add_component(part, pe.Block())
+            parent = parent.component(part)
+        parent.add_component(leaf, component)
+        return component
+
+    def sync(self) -> None:
+        """Add the program's rows that the model does not have yet."""
+        for chunk in self.program.rows[self.n_chunks:]:
+            con = self.model.find_component(chunk.group) or self._place(chunk.group, pe.ConstraintList())
+            mat = chunk.matrix
+            for i in range(mat.shape[0]):
+                lo, hi = mat.indptr[i], mat.indptr[i + 1]
+                expr = LinearExpression(constant=0.0, linear_coefs=mat.data[lo:hi].tolist(),
+                                        linear_vars=[self.variables[j] for j in mat.indices[lo:hi]])
+                low, up = chunk.lower[i], chunk.upper[i]
+                if low == up:
+                    con.add(expr == float(low))
+                elif np.isneginf(low):
+                    con.add(expr <= float(up))
+                elif np.isposinf(up):
+                    con.add(expr >= float(low))
+                else:
+                    con.add(pe.inequality(float(low), expr, float(up)))
+        self.n_chunks = len(self.program.rows)

@@ -1,7 +1,10 @@
-"""Solve a `Formulation`: persistent HiGHS (appsi), MIP start, Kelley cuts for the log-sum-exp.
+"""Solve a `Formulation` with HiGHS: MIP start, Kelley cuts for the log-sum-exp.
 
-Returns a `SolveReport` (status, gap, rounds, times, solver name and version) that is stored with
-every result.
+Two ways to hand the model over (`ScoreConfig.backend`), both from the formulation's sparse
+blocks: ``highspy`` passes them straight to a `highspy.Highs` object and adds each round's cuts
+to it (`addRows`); ``appsi`` goes through the Pyomo model and Pyomo's persistent appsi interface
+(the engine before issue 16, kept for comparison). Returns a `SolveReport` (status, gap, rounds,
+times, solver name and version) that is stored with every result.
 """
 
 from __future__ import annotations
@@ -9,20 +12,31 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+import highspy
 import numpy as np
 import pyomo.environ as pe
-from pyomo.contrib.appsi.base import TerminationCondition as TC
 
 from critneuron.config import ScoreConfig
 from critneuron.errors import SolveError
-from critneuron.mip.formulation import Formulation, logsumexp
+from critneuron.mip.formulation import Formulation, Rows
 
-_FEASIBLE = {TC.optimal, TC.maxTimeLimit, TC.maxIterations, TC.objectiveLimit, TC.interrupted}
+_MS = highspy.HighsModelStatus
+# HiGHS's model statuses under the names the reports have always used (Pyomo appsi's).
+_STATUS = {_MS.kOptimal: "optimal", _MS.kTimeLimit: "maxTimeLimit", _MS.kIterationLimit: "maxIterations",
+           _MS.kSolutionLimit: "maxIterations", _MS.kObjectiveBound: "objectiveLimit",
+           _MS.kObjectiveTarget: "objectiveLimit", _MS.kInterrupt: "interrupted", _MS.kHighsInterrupt: "interrupted",
+           _MS.kInfeasible: "infeasible", _MS.kUnbounded: "unbounded",
+           _MS.kUnboundedOrInfeasible: "infeasibleOrUnbounded"}
+_STOPPED_WITH_POINT = {"optimal", "maxTimeLimit", "maxIterations", "objectiveLimit", "interrupted"}
 
 
 @dataclass
 class SolveReport:
-    """What happened in a solve; JSON-able through `to_dict`."""
+    """What happened in a solve; JSON-able through `to_dict`.
+
+    `handover_seconds`: time spent getting the model, cuts, starts and solutions between the
+    formulation and HiGHS; `highs_seconds`: inside HiGHS's `run`.
+    """
 
     solver: str
     solver_version: str
@@ -38,171 +52,286 @@ class SolveReport:
     n_constraints: int
     n_binaries: int
     history: list[dict] = field(default_factory=list)
+    handover_seconds: float = 0.0
+    highs_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         """Plain JSON-able form."""
         return asdict(self)
 
 
-def _lse_gaps(form: Formulation, logits: np.ndarray) -> np.ndarray:
-    t = np.array([pe.value(v) for v in form.loss_epigraph], dtype=float)
-    return np.array([logsumexp(z) for z in logits]) - t
-
-
-def _make_solver(cfg: ScoreConfig):
-    if cfg.solver != "appsi_highs":
-        return pe.SolverFactory(cfg.solver)
-    from pyomo.contrib.appsi.solvers import Highs
-
-    opt = Highs()
-    opt.config.load_solution = False
-    opt.config.mip_gap = cfg.mip_gap
-    # Between Kelley rounds only cuts are added (and, once, the binaries' domains change, passed
-    # on explicitly): skip appsi's scan of every variable and constraint for other changes,
-    # which on large models (deep VGG blocks) cost more than HiGHS's hot-started re-solve.
-    for check in ("check_for_new_or_removed_vars", "check_for_new_or_removed_params", "check_for_new_objective",
-                  "update_constraints", "update_vars", "update_params", "update_named_expressions",
-                  "update_objective"):
-        setattr(opt.update_config, check, False)
-    opt.highs_options = {"threads": cfg.threads, "random_seed": cfg.seed, "output_flag": False}
-    return opt
-
-
-def highs_time_limit(opt, remaining: float) -> float:
-    """HiGHS's `time_limit` that leaves `remaining` seconds for the next run: HiGHS (< 2.0) compares
-    it with the run time accumulated over *all* runs of its object, so a Kelley loop that passed
-    `remaining` alone was stopped early (after about half its limit)."""
-    highs = getattr(opt, "_solver_model", None)  # appsi's highspy object, None before the first solve
+def highs_time_limit(highs, remaining: float) -> float:
+    """HiGHS's `time_limit` that leaves `remaining` seconds for the next run of the `highs`
+    object (None before it exists): HiGHS (< 2.0) compares it with the run time accumulated over
+    *all* runs of its object, so a Kelley loop that passed `remaining` alone was stopped early."""
     return max(remaining, 1.0) + (highs.getRunTime() if highs is not None else 0.0)
 
 
-def _solve_once(opt, form: Formulation, cfg: ScoreConfig, remaining: float, warm_start: bool,
-                integer: bool, algorithm: str = "choose") -> dict:
-    """One solve; loads the incumbent if there is one and returns status, objective and bound.
-    An LP (`integer` false) stopped early has no feasible point; a MIP may have an incumbent.
-    `algorithm`: HiGHS's `solver` option (choose, simplex, ipm)."""
-    if cfg.solver == "appsi_highs":
-        opt.config.time_limit = highs_time_limit(opt, remaining)
-        opt.config.warmstart = warm_start
-        opt.highs_options = {**opt.highs_options, "solver": algorithm}
-        res = opt.solve(form.model)
-        status = res.termination_condition
-        feasible = (status in _FEASIBLE if integer else status == TC.optimal) and res.best_feasible_objective is not None
+def solver_version(cfg: ScoreConfig) -> str:  # noqa: ARG001 - one solver today; kept per config for the store
+    """Version string of the solver (the same for both backends: the same HiGHS solves)."""
+    h = highspy.Highs()
+    return f"highspy {getattr(highspy, '__version__', '')} / HiGHS {h.versionMajor()}.{h.versionMinor()}.{h.versionPatch()}"
+
+
+class _Highspy:
+    """The program passed to a live `highspy.Highs`; cuts are added rows (the basis is kept)."""
+
+    name = "highspy"
+
+    def __init__(self, form: Formulation, cfg: ScoreConfig):
+        start = time.perf_counter()
+        self.form, self.highs_seconds = form, 0.0
+        prog = form.program
+        rows = prog.matrix()
+        h = self.h = highspy.Highs()
+        for key, value in (("output_flag", False), ("threads", cfg.threads), ("random_seed", cfg.seed),
+                           ("mip_rel_gap", cfg.mip_gap)):
+            h.setOptionValue(key, value)
+        mat = rows.matrix
+        h.passModel(prog.n_cols, rows.matrix.shape[0], mat.nnz, int(highspy.MatrixFormat.kRowwise),
+                    int(highspy.ObjSense.kMinimize), 0.0, prog.cost, prog.col_lower, prog.col_upper,
+                    rows.lower, rows.upper, mat.indptr.astype(np.int32), mat.indices.astype(np.int32), mat.data,
+                    prog.integer.astype(np.int32))
+        self.integer = np.flatnonzero(prog.integer).astype(np.int32)
+        self.handover_seconds = time.perf_counter() - start
+
+    def set_integer(self, integer: bool) -> None:
+        """Make the binaries binary again, or continuous in [0, 1]."""
+        kind = highspy.HighsVarType.kInteger if integer else highspy.HighsVarType.kContinuous
+        self.h.changeColsIntegrality(len(self.integer), self.integer, np.full(len(self.integer), int(kind), np.uint8))
+
+    def fix(self, values: np.ndarray | None) -> None:
+        """Fix the binaries at `values`, or (None) give them back their bounds."""
+        prog = self.form.program
+        lower = prog.col_lower[self.integer] if values is None else values
+        upper = prog.col_upper[self.integer] if values is None else values
+        self.h.changeColsBounds(len(self.integer), self.integer, lower, upper)
+
+    def add_rows(self, rows: Rows) -> None:
+        """Append rows to the live model."""
+        start = time.perf_counter()
+        m = rows.matrix
+        self.h.addRows(m.shape[0], rows.lower, rows.upper, m.nnz, m.indptr[:-1].astype(np.int32),
+                       m.indices.astype(np.int32), m.data)
+        self.handover_seconds += time.perf_counter() - start
+
+    def run(self, remaining: float, point: np.ndarray | None, integer: bool, algorithm: str) -> dict:
+        """One HiGHS run (from `point` as a MIP start, if given); loads the point it found."""
+        start = time.perf_counter()
+        h = self.h
+        h.setOptionValue("time_limit", highs_time_limit(h, remaining))
+        h.setOptionValue("solver", algorithm)
+        if point is not None:
+            sol = highspy.HighsSolution()
+            sol.col_value = point
+            sol.value_valid = True
+            h.setSolution(sol)
+        ran = time.perf_counter()
+        h.run()
+        inside = time.perf_counter() - ran
+        self.highs_seconds += inside
+        model_status = h.getModelStatus()
+        status = _STATUS.get(model_status, h.modelStatusToString(model_status))
+        info = h.getInfo()
+        if integer:
+            feasible = status in _STOPPED_WITH_POINT and info.primal_solution_status == 2
+            bound = info.mip_dual_bound
+        else:
+            feasible = status == "optimal"
+            bound = info.objective_function_value if feasible else None
+        if feasible:
+            self.form.values = np.asarray(h.getSolution().col_value)
+        self.handover_seconds += time.perf_counter() - start - inside
+        return {"status": status, "feasible": feasible, "bound": bound}
+
+
+class _Appsi:
+    """The Pyomo model through Pyomo's persistent appsi HiGHS interface; cuts are added to the
+    Pyomo model, which appsi passes on at the next solve."""
+
+    name = "appsi_highs"
+
+    def __init__(self, form: Formulation, cfg: ScoreConfig):
+        from pyomo.contrib.appsi.solvers import Highs
+
+        start = time.perf_counter()
+        self.form, self.highs_seconds = form, 0.0
+        self.model, self.variables = form.model, form.pyomo_vars
+        opt = self.opt = Highs()
+        opt.config.load_solution = False
+        opt.config.mip_gap = cfg.mip_gap
+        # Between Kelley rounds only cuts are added (and, once, the binaries' domains change, passed
+        # on explicitly): skip appsi's scan of every variable and constraint for other changes.
+        for check in ("check_for_new_or_removed_vars", "check_for_new_or_removed_params", "check_for_new_objective",
+                      "update_constraints", "update_vars", "update_params", "update_named_expressions",
+                      "update_objective"):
+            setattr(opt.update_config, check, False)
+        self.options = {"threads": cfg.threads, "random_seed": cfg.seed, "output_flag": False}
+        opt.set_instance(self.model)
+        self.binaries = [self.variables[j] for j in np.flatnonzero(form.program.integer)]
+        self.handover_seconds = time.perf_counter() - start
+
+    def set_integer(self, integer: bool) -> None:
+        """Make the binaries binary again, or continuous in [0, 1]."""
+        for v in self.binaries:
+            v.domain = pe.Binary if integer else pe.UnitInterval
+        self.opt.update_variables(self.binaries)
+
+    def fix(self, values: np.ndarray | None) -> None:
+        """Fix the binaries at `values`, or (None) free them."""
+        for j, v in enumerate(self.binaries):
+            if values is None:
+                v.unfix()
+            else:
+                v.fix(float(values[j]))
+        self.opt.update_variables(self.binaries)
+
+    def add_rows(self, rows: Rows) -> None:  # noqa: ARG002 - the rows are in the program already
+        """Add the program's new rows to the Pyomo model (appsi picks them up at the next solve)."""
+        start = time.perf_counter()
+        self.form.model  # noqa: B018 - syncs the Pyomo model with the program
+        self.handover_seconds += time.perf_counter() - start
+
+    def run(self, remaining: float, point: np.ndarray | None, integer: bool, algorithm: str) -> dict:
+        """One solve (from `point` as a MIP start, if given); loads the point it found."""
+        from pyomo.common.timing import HierarchicalTimer
+
+        start = time.perf_counter()
+        opt = self.opt
+        opt.config.time_limit = highs_time_limit(opt._solver_model, remaining)
+        opt.config.warmstart = point is not None
+        if point is not None:
+            for v, value in zip(self.variables, point):
+                v.set_value(float(value), skip_validation=True)
+        opt.highs_options = {**self.options, "solver": algorithm}
+        timer = HierarchicalTimer()
+        res = opt.solve(self.model, timer=timer)
+        status = res.termination_condition.name
+        feasible = ((status in _STOPPED_WITH_POINT if integer else status == "optimal")
+                    and res.best_feasible_objective is not None)
         if feasible:
             res.solution_loader.load_vars()
-        # The objective of the point actually loaded (the scores we return), not HiGHS's report.
-        return {"status": status.name, "feasible": feasible, "bound": res.best_objective_bound,
-                "objective": pe.value(form.model.objective) if feasible else None}
-    res = opt.solve(form.model, load_solutions=False)
-    cond = str(res.solver.termination_condition)
-    feasible = len(res.solution) > 0
-    if feasible:
-        form.model.solutions.load_from(res)
-    return {"status": cond, "feasible": feasible, "objective": pe.value(form.model.objective) if feasible else None,
-            "bound": None}
+            self.form.values = np.array([v.value for v in self.variables], dtype=float)
+        highs = timer.get_total_time("optimize")
+        self.highs_seconds += highs
+        self.handover_seconds += time.perf_counter() - start - highs
+        return {"status": status, "feasible": feasible, "bound": res.best_objective_bound}
 
 
-def solver_version(cfg: ScoreConfig) -> str:
-    """Version string of the configured solver, or 'unknown'."""
-    if cfg.solver == "appsi_highs":
-        import highspy
-
-        return f"highspy {getattr(highspy, '__version__', '')} / HiGHS " + ".".join(
-            map(str, _make_solver(cfg).version()))
-    try:
-        return str(pe.SolverFactory(cfg.solver).version())
-    except Exception:  # noqa: BLE001 - third-party solvers report versions in many ways
-        return "unknown"
+def _solve_once(engine, form: Formulation, cfg: ScoreConfig, remaining: float, point: np.ndarray | None,
+                integer: bool, algorithm: str = "choose") -> dict:
+    """One solve; returns status, whether a point was loaded, its objective and the bound.
+    An LP (`integer` false) stopped early has no feasible point; a MIP may have an incumbent.
+    `algorithm`: HiGHS's `solver` option (choose, simplex, ipm)."""
+    out = engine.run(remaining, point, integer, algorithm)
+    # The objective of the point actually loaded (the scores we return), not HiGHS's report.
+    return {**out, "objective": form.objective_value() if out["feasible"] else None}
 
 
-def _set_warm_start(form: Formulation) -> None:
-    for var, value in form.warm_start:
-        var.set_value(value, skip_validation=True)
-
-
-def _lift_epigraph(form: Formulation, logits: np.ndarray) -> None:
-    """t_b := LSE(ẑ_b): makes the last incumbent feasible for every tangent cut (LSE is convex)."""
-    for t, z in zip(form.loss_epigraph, logits):
-        t.set_value(logsumexp(z), skip_validation=True)
+def _solve_mip(engine, form: Formulation, cfg: ScoreConfig, remaining: float, point: np.ndarray | None,
+               algorithm: str) -> dict:
+    """One MIP round, settled by LP work where that suffices. The LP relaxation (hot-started)
+    bounds the MIP from below. Its indicators that are integral, the others at their warm-start
+    value (the observed activation pattern), fixed and re-solved as an LP, give a feasible
+    point; if it is within `cfg.mip_gap` of the bound it is the answer (the test HiGHS's branch
+    and bound stops on). Otherwise HiGHS's branch and bound runs, started from that point (or
+    from `point` when the fixed LP is infeasible)."""
+    start = time.perf_counter()
+    left = lambda: remaining - (time.perf_counter() - start)  # noqa: E731
+    binaries = np.flatnonzero(form.program.integer)
+    engine.set_integer(False)
+    relaxed = _solve_once(engine, form, cfg, remaining, None, False, algorithm)
+    if relaxed["feasible"] and cfg.warm_start:
+        v = form.values[binaries]
+        whole = np.abs(v - np.round(v)) <= 1e-9
+        candidate = relaxed
+        if not whole.all():
+            engine.fix(np.where(whole, np.round(v), np.round(form.warm_start[binaries])))
+            candidate = _solve_once(engine, form, cfg, left(), None, False)
+            engine.fix(None)
+        if candidate["feasible"]:
+            if candidate["objective"] - relaxed["objective"] <= cfg.mip_gap * max(abs(candidate["objective"]), 1e-10):
+                return {**candidate, "bound": relaxed["objective"]}
+            point = form.values
+    engine.set_integer(True)
+    out = _solve_once(engine, form, cfg, left(), point, True, algorithm)
+    engine.set_integer(False)
+    return out
 
 
 def solve(form: Formulation, cfg: ScoreConfig) -> SolveReport:
-    """Solve, adding Kelley tangent cuts until max_b LSE(ẑ_b) − t_b ≤ cfg.kelley_tol.
+    """Solve, adding Kelley cuts until max_b LSE(ẑ_b) − t_b ≤ cfg.kelley_tol.
 
     With binaries and `cfg.lp_cuts_first` (exact mode), the cuts are first converged on the LP
-    relaxation (cheap, hot-started re-solves), so that the MIP rounds, each a full branch and
-    bound, need only the few cuts the relaxation's miss. Raises `SolveError` if a solve ends
-    with no feasible solution (infeasible, or a time-out without an incumbent). A time-out with
-    an incumbent returns it, with status and gap; so does a time-out in a later Kelley round,
-    with the previous round's point (status maxTimeLimit, LSE gap as in that round).
+    relaxation (cheap, hot-started re-solves), so that the MIP rounds need only the few cuts the
+    relaxation's miss. A MIP round is settled by LPs where they prove the MIP gap (`_solve_mip`);
+    otherwise it is HiGHS's branch and bound from a feasible point (the warm start, then the
+    last incumbent with t lifted onto the LSE). Raises
+    `SolveError` if a solve ends with no feasible solution (infeasible, or a time-out without an
+    incumbent). A time-out with an incumbent returns it, with status and gap; so does a time-out
+    in a later Kelley round, with the previous round's point (status maxTimeLimit, LSE gap as in
+    that round).
     """
     start = time.perf_counter()
-    opt = _make_solver(cfg)
-    if cfg.warm_start:
-        _set_warm_start(form)
-    binaries = [v for v in form.model.component_data_objects(pe.Var) if v.is_binary()]
+    engine = (_Highspy if cfg.backend == "highspy" else _Appsi)(form, cfg)
     history: list[dict] = []
-    if binaries and cfg.lp_cuts_first and cfg.loss == "ce":
-        for v in binaries:
-            v.domain = pe.UnitInterval
-        _kelley(opt, form, cfg, start, history, "lp")
-        for v in binaries:
-            v.domain = pe.Binary
-        if cfg.solver == "appsi_highs":
-            opt.update_variables(binaries)
-        if cfg.warm_start:
-            _set_warm_start(form)  # the LP's point is fractional; the initial one stays feasible
-    out, lse_gap = _kelley(opt, form, cfg, start, history, "mip" if binaries else "lp")
-    return _report(form, cfg, out, history, lse_gap, time.perf_counter() - start)
+    integer = bool(form.program.integer.any())
+    if integer and cfg.lp_cuts_first and cfg.loss == "ce":
+        engine.set_integer(False)
+        _kelley(engine, form, cfg, start, history, "lp")
+    out, lse_gap = _kelley(engine, form, cfg, start, history, "mip" if integer else "lp")
+    return _report(engine, form, cfg, out, history, lse_gap, time.perf_counter() - start)
 
 
-def _kelley(opt, form: Formulation, cfg: ScoreConfig, start: float, history: list[dict],
+def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: list[dict],
             phase: str) -> tuple[dict, float]:
-    """Solve and add tangent cuts at the solution until the LSE gap closes; appends to `history`."""
+    """Solve and add cuts at the solution until the LSE gap closes; appends to `history`."""
     out, lse_gap, first = {}, float("inf"), True
     while len(history) < cfg.max_rounds:
         remaining = cfg.time_limit - (time.perf_counter() - start)
-        # A MIP start on a phase's first round and on every MIP round (the last incumbent with t
-        # lifted onto the LSE); an LP re-solve gets none, so HiGHS hot-starts from its basis.
+        # A start on a phase's first round (s = 1, observed activations) and on every MIP round
+        # (the last incumbent with t lifted onto the LSE); an LP re-solve gets none, so HiGHS
+        # hot-starts from its basis.
+        point = None
+        if cfg.warm_start and first:
+            point = form.warm_start
+        elif cfg.warm_start and phase == "mip":
+            point = form.lifted(form.values)
         algorithm = "ipm" if first and phase == "lp" and cfg.first_lp == "ipm" else "choose"
         previous = out
-        out = _solve_once(opt, form, cfg, remaining, cfg.warm_start and (first or phase == "mip"), phase == "mip",
-                          algorithm)
+        out = (_solve_mip(engine, form, cfg, remaining, point, algorithm) if phase == "mip"
+               else _solve_once(engine, form, cfg, remaining, point, False, algorithm))
         first = False
-        if not out["feasible"] and previous and out["status"] == TC.maxTimeLimit.name:
-            # The time ran out in a re-solve: the variables still hold the last round's point.
-            out = {**previous, "status": TC.maxTimeLimit.name}
+        if not out["feasible"] and previous and out["status"] == "maxTimeLimit":
+            # The time ran out in a re-solve: the values are still the last round's point.
+            out = {**previous, "status": "maxTimeLimit"}
             break
         if not out["feasible"]:
             sizes = form.sizes()
-            raise SolveError(f"solver {cfg.solver} ended with status {out['status']} and no feasible "
+            raise SolveError(f"HiGHS ({engine.name}) ended with status {out['status']} and no feasible "
                              f"solution in round {len(history) + 1} after {time.perf_counter() - start:.1f}s "
                              f"(model: {sizes['variables']} variables, {sizes['constraints']} constraints)")
-        logits = form.logit_values()
-        gaps = _lse_gaps(form, logits) if cfg.loss == "ce" else np.zeros(1)
+        gaps = form.lse_gaps() if cfg.loss == "ce" else np.zeros(1)
         lse_gap = float(np.max(gaps))
         history.append({"round": len(history) + 1, "phase": phase, "objective": out["objective"],
                         "lse_gap": lse_gap, "seconds": time.perf_counter() - start, "status": out["status"]})
-        timed_out = out["status"] != TC.optimal.name and cfg.solver == "appsi_highs"
-        if lse_gap <= cfg.kelley_tol or timed_out:
+        if lse_gap <= cfg.kelley_tol or out["status"] != "optimal":
             break
         if time.perf_counter() - start >= cfg.time_limit:  # cut short: t is still below the LSE
-            out = {**out, "status": TC.maxTimeLimit.name}
+            out = {**out, "status": "maxTimeLimit"}
             break
-        form.add_lse_cuts(logits, [b for b, g in enumerate(gaps) if g > cfg.kelley_tol])
-        if phase == "mip":
-            _lift_epigraph(form, logits)
-    if lse_gap > cfg.kelley_tol and out.get("status") == TC.optimal.name:  # rounds exhausted
-        out = {**out, "status": TC.maxIterations.name}
+        engine.add_rows(form.add_lse_cuts(form.values, [b for b, g in enumerate(gaps) if g > cfg.kelley_tol]))
+    if lse_gap > cfg.kelley_tol and out.get("status") == "optimal":  # rounds exhausted
+        out = {**out, "status": "maxIterations"}
     return out, lse_gap
 
 
-def _report(form, cfg, out, history, lse_gap, seconds) -> SolveReport:
+def _report(engine, form, cfg, out, history, lse_gap, seconds) -> SolveReport:
     obj, bound = out["objective"], out["bound"]
     gap = None
     if obj is not None and bound is not None and np.isfinite(bound):
         gap = abs(obj - bound) / max(abs(obj), 1e-10)
     sizes = form.sizes()
-    return SolveReport(cfg.solver, solver_version(cfg), out["status"], float(obj), bound, gap, len(history),
+    return SolveReport(engine.name, solver_version(cfg), out["status"], float(obj), bound, gap, len(history),
                        lse_gap, form.n_cuts, seconds, sizes["variables"], sizes["constraints"],
-                       sizes["binaries"], history)
+                       sizes["binaries"], history, engine.handover_seconds, engine.highs_seconds)

@@ -1,0 +1,190 @@
+"""The scoring engine: the Pyomo model and the direct HiGHS path come from the same blocks and
+agree; the lifted log-sum-exp gives the aggregated cut's optimum in fewer rounds; the MIP start
+is a feasible point of the program."""
+
+from collections import defaultdict
+
+import numpy as np
+import pyomo.environ as pe
+import pytest
+import torch
+from pyomo.repn import generate_standard_repn
+
+from critneuron.mip.bounds import interval_bounds
+from critneuron.config import ScoreConfig
+from critneuron.mip.formulation import build_formulation
+from critneuron.nets.models import build_model
+from critneuron.mip.scores import score
+from critneuron.mip.solve import solve
+from critneuron.mip.spec import network_spec
+from test_scoring import tiny_conv, tiny_fc
+
+
+def _random_batch(net, shape, batch, seed=0):
+    torch.manual_seed(seed)
+    x = torch.rand(batch, *shape)
+    with torch.no_grad():
+        y = net(x).argmax(1)
+    return x.double().numpy(), y.numpy()
+
+
+CASES = {
+    "tiny_fc": lambda: (tiny_fc(), (2,), 3, 0.3),  # wide box: unstable units, real binaries
+    "tiny_conv": lambda: (tiny_conv(), (1, 4, 4), 3, 0.2),
+    "fc3": lambda: (build_model("fc3").eval(), (3, 32, 32), 3, 1e-5),
+    "lenet5": lambda: (build_model("lenet5").eval(), (3, 32, 32), 2, 1e-5),
+}
+
+
+def _formulation(case, mode="exact", **kw):
+    net, shape, batch, eps = CASES[case]()
+    x, y = _random_batch(net, shape, batch)
+    cfg = ScoreConfig(mode=mode, epsilon=eps, **kw)
+    spec = network_spec(net, shape)
+    return build_formulation(spec, interval_bounds(spec, x, eps), x, y, cfg), cfg
+
+
+def _pyomo_rows(form):
+    """Every constraint of the Pyomo model as (lower, {column: coefficient}, upper)."""
+    column = {id(v): j for j, v in enumerate(form.pyomo_vars)}
+    rows = []
+    for con in form.model.component_data_objects(pe.Constraint, active=True):
+        repn = generate_standard_repn(con.body, compute_values=True)
+        coefs = defaultdict(float)
+        for v, c in zip(repn.linear_vars, repn.linear_coefs):
+            coefs[column[id(v)]] += c
+        const = repn.constant
+        lo = -np.inf if con.lower is None else pe.value(con.lower) - const
+        hi = np.inf if con.upper is None else pe.value(con.upper) - const
+        rows.append((lo, dict(coefs), hi))
+    return rows
+
+
+def _key(lo, coefs, hi):
+    return (round(lo, 12), tuple(sorted((j, round(c, 12)) for j, c in coefs.items())), round(hi, 12))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_pyomo_model_is_the_program(case):
+    """Same columns (bounds, integrality, costs) and the same rows, row for row."""
+    form, _ = _formulation(case)
+    prog = form.program
+    variables = form.pyomo_vars
+    assert len(variables) == prog.n_cols
+    for j, v in enumerate(variables):
+        assert (v.lb if v.lb is not None else -np.inf) == prog.col_lower[j]
+        assert (v.ub if v.ub is not None else np.inf) == prog.col_upper[j]
+        assert v.is_binary() == bool(prog.integer[j])
+    objective = generate_standard_repn(form.model.objective.expr)
+    costs = np.zeros(prog.n_cols)
+    column = {id(v): j for j, v in enumerate(variables)}
+    for v, c in zip(objective.linear_vars, objective.linear_coefs):
+        costs[column[id(v)]] += c
+    assert np.array_equal(costs, prog.cost)
+
+    rows = prog.matrix()
+    mat = rows.matrix
+    blocks = [(rows.lower[i], dict(zip(mat.indices[mat.indptr[i]:mat.indptr[i + 1]].tolist(),
+                                       mat.data[mat.indptr[i]:mat.indptr[i + 1]].tolist())), rows.upper[i])
+              for i in range(mat.shape[0])]
+    assert sorted(_key(*r) for r in _pyomo_rows(form)) == sorted(_key(*r) for r in blocks)
+    # rows added later (cuts) reach the Pyomo model too
+    before = form.sizes()["constraints"]
+    form.add_lse_cuts(form.lifted(form.warm_start), [0])
+    assert len(_pyomo_rows(form)) == form.sizes()["constraints"] > before
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("mode", ["relaxed", "exact"])
+def test_both_backends_reach_the_same_optimum(case, mode):
+    objectives = {}
+    for backend in ("highspy", "appsi"):
+        form, cfg = _formulation(case, mode, backend=backend)
+        report = solve(form, cfg)
+        assert report.status == "optimal" and report.lse_gap <= cfg.kelley_tol
+        assert report.solver == ("highspy" if backend == "highspy" else "appsi_highs")
+        objectives[backend] = report.objective
+    tol = 1e-6 if mode == "relaxed" else 2 * ScoreConfig().mip_gap  # each MIP is optimal to its gap
+    assert objectives["highspy"] == pytest.approx(objectives["appsi"], rel=tol, abs=1e-8)
+
+
+@pytest.mark.parametrize("case", ["tiny_fc", "fc3", "lenet5"])
+def test_lifted_lse_matches_the_aggregated_cut_in_fewer_rounds(case):
+    reports = {}
+    for lse in ("lifted", "tangent"):
+        form, cfg = _formulation(case, "relaxed", lse=lse)
+        reports[lse] = solve(form, cfg)
+        assert reports[lse].lse_gap <= cfg.kelley_tol
+    assert reports["lifted"].objective == pytest.approx(reports["tangent"].objective, rel=1e-6)
+    assert reports["lifted"].rounds <= reports["tangent"].rounds
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_warm_start_is_feasible_for_the_program(case):
+    """s = 1 and the observed activations satisfy every row and bound (so HiGHS accepts it as the
+    MIP start), before and after cuts at another point, once t is lifted onto the LSE."""
+    form, _ = _formulation(case)
+    prog = form.program
+
+    def violation(point):
+        rows = prog.matrix()
+        act = rows.matrix @ point
+        return max(np.max(rows.lower - act), np.max(act - rows.upper),
+                   np.max(prog.col_lower - point), np.max(point - prog.col_upper))
+
+    assert violation(form.warm_start) <= 1e-9
+    other = form.warm_start.copy()
+    other[form.logits] += np.random.default_rng(0).normal(0, 1, form.logits.shape)
+    form.add_lse_cuts(form.lifted(other), list(range(len(form.logits))))
+    assert violation(form.warm_start) <= 1e-9
+    assert violation(other) > 1e-6  # the cuts do cut (t was not lifted)
+
+
+def test_score_reports_where_the_time_went():
+    net, shape, batch, eps = CASES["tiny_fc"]()
+    x, y = _random_batch(net, shape, batch)
+    report = score(net, torch.from_numpy(x), torch.from_numpy(y), ScoreConfig(epsilon=eps)).provenance["solver"]
+    assert 0 < report["highs_seconds"] <= report["solve_seconds"]
+    assert 0 < report["handover_seconds"] <= report["solve_seconds"]
+
+
+@pytest.mark.parametrize("case", ["tiny_fc", "tiny_conv"])
+@pytest.mark.parametrize("mip_gap", [1e-4, 0.0])
+def test_exact_mode_gives_the_branch_and_bound_optimum(case, mip_gap):
+    """MIP rounds settled by LPs (relaxation bound + the indicators fixed), or by HiGHS's branch
+    and bound when they do not prove the gap (mip_gap = 0), give the optimum of plain branch
+    and bound rounds (no LP phase, no warm start), at an integral point."""
+    form, cfg = _formulation(case, "exact", mip_gap=mip_gap)
+    report = solve(form, cfg)
+    binaries = form.values[form.program.integer]
+    assert form.program.integer.any() and np.allclose(binaries, np.round(binaries), atol=1e-6)
+    assert {h["phase"] for h in report.history} == {"lp", "mip"}
+    plain, plain_cfg = _formulation(case, "exact", lp_cuts_first=False, warm_start=False)
+    reference = solve(plain, plain_cfg)
+    assert report.status == reference.status == "optimal"
+    assert report.gap <= max(mip_gap, 1e-9) and report.lse_gap <= cfg.kelley_tol
+    assert report.objective == pytest.approx(reference.objective, rel=2 * ScoreConfig().mip_gap)
+
+
+def test_mip_round_settled_by_lps_when_they_prove_the_gap(monkeypatch):
+    """With a gap the fixed-pattern LP meets, no branch and bound runs, and the answer is an
+    integral point whose objective is within the reported gap of the branch-and-bound optimum."""
+    import critneuron.mip.solve as solve_mod
+
+    real, integer_solves = solve_mod._solve_once, []
+
+    def counting(engine, form, cfg, remaining, point, integer, algorithm="choose"):
+        integer_solves.append(integer)
+        return real(engine, form, cfg, remaining, point, integer, algorithm)
+
+    monkeypatch.setattr(solve_mod, "_solve_once", counting)
+    form, cfg = _formulation("tiny_fc", "exact", mip_gap=0.5)
+    report = solve(form, cfg)
+    assert not any(integer_solves) and report.history[-1]["phase"] == "mip"
+    binaries = form.values[form.program.integer]
+    assert np.allclose(binaries, np.round(binaries), atol=1e-9)
+    monkeypatch.setattr(solve_mod, "_solve_once", real)
+    plain, plain_cfg = _formulation("tiny_fc", "exact", lp_cuts_first=False, warm_start=False)
+    optimum = solve(plain, plain_cfg).objective
+    assert report.bound <= optimum + 1e-6 <= report.objective + 2e-6
+    assert report.objective - optimum <= report.gap * abs(report.objective) + 1e-6
