@@ -18,7 +18,8 @@ import pyomo.environ as pe
 
 from critneuron.config import ScoreConfig
 from critneuron.errors import SolveError
-from critneuron.mip.formulation import Formulation, Rows
+from critneuron.mip.formulation import Formulation
+from critneuron.mip.program import Rows
 
 _MS = highspy.HighsModelStatus
 # HiGHS's model statuses under the names the reports have always used (Pyomo appsi's).

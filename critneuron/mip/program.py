@@ -1,0 +1,54 @@
+"""The scoring program as sparse blocks: columns (bounds, costs, integrality) in named groups and
+rows lo ≤ A x ≤ hi in named groups. `formulation` emits it; `solve` hands it to HiGHS and
+`pyomo_model` makes the documented Pyomo model from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+
+@dataclass
+class Rows:
+    """Rows lower ≤ matrix·x ≤ upper (±inf: no bound), all in the group `group`."""
+
+    group: str
+    matrix: sp.csr_matrix
+    lower: np.ndarray
+    upper: np.ndarray
+
+
+@dataclass
+class Program:
+    """The scoring model as sparse blocks: minimise cost·x subject to every `rows` chunk and
+    col_lower ≤ x ≤ col_upper, x_j integer where `integer`. `groups` names the columns:
+    (dotted name, first column, index keys), e.g. ("relu1.z", 40, [(b, j), ...])."""
+
+    col_lower: np.ndarray
+    col_upper: np.ndarray
+    cost: np.ndarray
+    integer: np.ndarray
+    groups: list[tuple[str, int, list]]
+    rows: list[Rows]
+
+    @property
+    def n_cols(self) -> int:
+        """Number of columns."""
+        return len(self.cost)
+
+    @property
+    def n_rows(self) -> int:
+        """Number of rows over all chunks."""
+        return sum(r.matrix.shape[0] for r in self.rows)
+
+    def matrix(self) -> Rows:
+        """All rows stacked into one (group: the first chunk's)."""
+        chunks = self.rows
+        if not chunks:
+            return Rows("", sp.csr_matrix((0, self.n_cols)), np.zeros(0), np.zeros(0))
+        mats = [sp.csr_matrix((r.matrix.data, r.matrix.indices, r.matrix.indptr),
+                              shape=(r.matrix.shape[0], self.n_cols)) for r in chunks]
+        return Rows(chunks[0].group, sp.vstack(mats, format="csr"),
+                    np.concatenate([r.lower for r in chunks]), np.concatenate([r.upper for r in chunks]))
