@@ -44,7 +44,7 @@ from critneuron.pruning.compact import compact_model, save_compact
 from critneuron.catalog import paper_threshold
 from critneuron.config import ScoreConfig
 from critneuron.errors import CritneuronError
-from critneuron.nets.data import mip_batch
+from critneuron.nets.batches import mip_batch
 from critneuron.pruning.masks import apply_masks, count_params_flops, masks_from_scores, pruning_stats
 from critneuron.mip.scores import score
 from critneuron.nets.train import evaluate

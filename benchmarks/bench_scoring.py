@@ -40,7 +40,7 @@ from _common import add_common_args, environment, format_table, load_mnist, prin
     trained_model, write_results
 from critneuron.config import ScoreConfig
 from critneuron.errors import CritneuronError, SolveError
-from critneuron.nets.data import mip_batch
+from critneuron.nets.batches import mip_batch
 from critneuron.mip.scores import score
 
 ENGINES = {

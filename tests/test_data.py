@@ -18,10 +18,10 @@ from torchvision import transforms
 from critneuron.catalog import dataset_record
 from critneuron.config import DataConfig, ScoreConfig
 from critneuron.errors import ConfigError, CritneuronError, DatasetMissingError
+from critneuron.nets.batches import authors_mip_batch, balanced_order, full_train_set, mip_batch, select_mip_batch
 from critneuron.nets.data import (
-    SOURCE_JPEG_COPY, SOURCE_TORCHVISION, augment_batch, cache_dir, data_root,
-    authors_mip_batch, balanced_order, dataset_source, full_train_set, iterate_batches, load_split, mip_batch,
-    select_mip_batch,
+    SOURCE_JPEG_COPY, SOURCE_TORCHVISION, augment_batch, cache_dir, data_root, dataset_source, iterate_batches,
+    load_split,
 )
 from critneuron.experiments.runs import score_inputs
 

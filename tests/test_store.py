@@ -30,17 +30,18 @@ WRITER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
+    import critneuron.experiments.runfiles as runfiles
     import critneuron.experiments.store as store
     from critneuron.experiments.fingerprint import Code
     root, label, pause_after = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    real, count = store._write_bytes, 0
+    real, count = runfiles.write_bytes, 0
     def announcing(path, data):
         global count
         real(path, data)
         count += 1
         print("wrote", Path(path).name, flush=True)
         time.sleep(30 if count == pause_after else 0.05)
-    store._write_bytes = announcing
+    runfiles.write_bytes = announcing
     go = Path(root) / "go"
     while not go.exists():
         time.sleep(0.01)

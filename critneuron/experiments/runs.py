@@ -25,7 +25,8 @@ from critneuron.experiments.fingerprint import Code
 from critneuron.experiments.store import RunOutput, Store, versions
 from critneuron.mip.scores import Scores, score
 from critneuron.mip.solve import solver_version
-from critneuron.nets.data import dataset_source, load_split, select_mip_batch
+from critneuron.nets.batches import select_mip_batch
+from critneuron.nets.data import dataset_source, load_split
 from critneuron.nets.models import build_model
 from critneuron.nets.train import evaluate, load_checkpoint, save_checkpoint, torch_threads, train_model
 

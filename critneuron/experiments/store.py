@@ -19,10 +19,8 @@ same stage (e.g. one trained net for a whole λ sweep) compute it once.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
-import io
 import json
 import os
 import platform
@@ -36,11 +34,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
-import numpy as np
-
-from critneuron.config import config_hash, to_dict
+from critneuron.config import config_hash
 from critneuron.errors import CritneuronError
 from critneuron.experiments.fingerprint import Code, is_current
+from critneuron.experiments import runfiles
 
 if TYPE_CHECKING:
     import pandas
@@ -82,75 +79,9 @@ def versions(names: tuple[str, ...] = _VERSIONED) -> dict:
     return found
 
 
-def _plain(value: Any) -> Any:
-    """JSON-able plain data: dataclasses as dicts, numpy arrays and scalars as lists/numbers."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = to_dict(value)
-
-    def default(obj: Any) -> Any:
-        if isinstance(obj, (np.ndarray, np.generic)):
-            return obj.tolist()
-        raise TypeError(f"{type(obj).__name__} is not JSON-able: {obj!r:.80}")
-
-    return json.loads(json.dumps(value, default=default))
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
-def _encode_artifact(name: str, value: Any) -> bytes:
-    """Serialise one artifact by the extension of its name."""
-    suffix = Path(name).suffix
-    if suffix == ".json":
-        return json.dumps(_plain(value), indent=1, sort_keys=True).encode()
-    if suffix in (".npz", ".npy"):
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **value) if suffix == ".npz" else np.save(buf, value)
-        return buf.getvalue()
-    if suffix == ".csv" and hasattr(value, "to_csv"):
-        return value.to_csv(index=False).encode()
-    if isinstance(value, str):
-        return value.encode()
-    if isinstance(value, bytes):
-        return value
-    raise TypeError(f"artifact {name!r}: expected bytes or str, got {type(value).__name__}")
-
-
-def _decode_artifact(path: Path) -> Any:
-    """Read one artifact back: JSON value, dict of arrays, array, or bytes."""
-    if path.suffix == ".json":
-        return json.loads(path.read_text())
-    if path.suffix == ".npz":
-        with np.load(path) as npz:
-            return {name: npz[name] for name in npz.files}
-    if path.suffix == ".npy":
-        return np.load(path)
-    return path.read_bytes()
-
-
 def _check_name(name: str, what: str) -> None:
     if not name or name.startswith(".") or "/" in name or os.sep in name:
         raise ValueError(f"{what} {name!r} must be a plain name (no '/', not starting with '.')")
-
-
-def _flatten(data: Mapping, prefix: str = "") -> dict:
-    """Dotted names of the scalar leaves of nested mappings (lists are left out)."""
-    flat = {}
-    for name, value in data.items():
-        dotted = f"{prefix}{name}"
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, dotted + "."))
-        elif value is None or isinstance(value, (bool, int, float, str)):
-            flat[dotted] = value
-    return flat
-
-
-def _dump_json(path: Path, value: Any) -> None:
-    _write_bytes(path, json.dumps(_plain(value), indent=1, sort_keys=True).encode())
 
 
 def _meta(kind: str, key: str, inputs: Mapping | None, code: Code | None) -> dict:
@@ -184,7 +115,7 @@ class Store:
         indices, ``**versions()``). Dataclass and dict configs with equal fields share a key.
         """
         _check_name(kind, "kind")
-        return config_hash(_plain(config), kind=kind, inputs=_plain(inputs))
+        return config_hash(runfiles.plain(config), kind=kind, inputs=runfiles.plain(inputs))
 
     def path(self, kind: str, key: str) -> Path:
         """The folder of one run (it may not exist)."""
@@ -220,7 +151,7 @@ class Store:
         """One artifact of a complete run, decoded by its extension (see `RunOutput`)."""
         _check_name(name, "artifact")
         self.read(kind, key)
-        return _decode_artifact(self.path(kind, key) / ARTIFACTS / name)
+        return runfiles.decode_artifact(self.path(kind, key) / ARTIFACTS / name)
 
     def write(self, kind: str, key: str, config: Any, output: RunOutput | dict,
               inputs: Mapping | None = None, code: Code | None = None) -> bool:
@@ -237,8 +168,8 @@ class Store:
             (tmp / ARTIFACTS).mkdir()
             for name, value in output.artifacts.items():
                 _check_name(name, "artifact")
-                _write_bytes(tmp / ARTIFACTS / name, _encode_artifact(name, value))
-            _dump_json(tmp / RESULT, output.result)
+                runfiles.write_bytes(tmp / ARTIFACTS / name, runfiles.encode_artifact(name, value))
+            runfiles.dump_json(tmp / RESULT, output.result)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -250,7 +181,7 @@ class Store:
         tmp = self._temp(kind, key)
         try:
             self._fill(tmp, kind, key, config, inputs, log, None)
-            _dump_json(tmp / FAILED, {"error": error_text, "host": socket.gethostname()})
+            runfiles.dump_json(tmp / FAILED, {"error": error_text, "host": socket.gethostname()})
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -321,8 +252,8 @@ class Store:
         for record in self.ls(kind):
             if record["status"] == "complete":
                 run = self.read(record["kind"], record["key"])
-                row = {"kind": run["kind"], "key": run["key"], **_flatten(run["config"])}
-                for name, value in _flatten(run["result"]).items():
+                row = {"kind": run["kind"], "key": run["key"], **runfiles.flatten(run["config"])}
+                for name, value in runfiles.flatten(run["result"]).items():
                     row[f"result.{name}" if name in row else name] = value
                 rows.append(row)
         return pandas.DataFrame(rows)
@@ -372,9 +303,9 @@ class Store:
 
     def _fill(self, tmp: Path, kind: str, key: str, config: Any, inputs: Mapping | None, log: str,
               code: Code | None) -> None:
-        _dump_json(tmp / CONFIG, config)
-        _dump_json(tmp / META, _meta(kind, key, inputs, code))
-        _write_bytes(tmp / LOG, log.encode())
+        runfiles.dump_json(tmp / CONFIG, config)
+        runfiles.dump_json(tmp / META, _meta(kind, key, inputs, code))
+        runfiles.write_bytes(tmp / LOG, log.encode())
 
     @staticmethod
     def _code(folder: Path) -> dict | None:

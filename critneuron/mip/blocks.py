@@ -27,7 +27,8 @@ from critneuron.config import ScoreConfig
 from critneuron.errors import CritneuronError, SolveError
 from critneuron.mip.bounds import module_bounds
 from critneuron.mip.scores import Scores, score
-from critneuron.nets.data import TensorData, mip_batch
+from critneuron.nets.batches import mip_batch
+from critneuron.nets.data import TensorData
 from critneuron.nets.heads import Decoupled
 
 
