@@ -27,6 +27,7 @@ BatchRule = Literal["random", "authors"]
 RandomRule = Literal["uniform", "authors"]
 Backend = Literal["highspy", "appsi"]
 LSE = Literal["lifted", "tangent"]
+FinalPoint = Literal["vertex", "interior"]
 
 
 def choices(cls: type, name: str) -> tuple:
@@ -152,8 +153,13 @@ class ScoreConfig:
         "help": "ce loss: lifted (sum_k u_k <= 1, u_k >= exp(z_k - t), a tangent cut per exponential) or "
                 "tangent (tangent cuts of t >= LSE(z) itself: the engine before issue 16, more rounds)"})
 
+    final_point: FinalPoint = field(default="interior", metadata={
+        "help": "the optimum reported: vertex (simplex), or interior (re-solved by interior point without "
+                "crossover, binaries fixed: inside the optimal face, as the authors' MOSEK returns; scores the "
+                "objective does not pin down then sit inside (0, 1) instead of at 0 or 1)"})
+
     def __post_init__(self) -> None:
-        for name in ("mode", "first_lp", "loss", "batch_rule", "backend", "lse"):
+        for name in ("mode", "first_lp", "loss", "batch_rule", "backend", "lse", "final_point"):
             _check_choice(name, getattr(self, name), choices(ScoreConfig, name))
         _check_positive("lambda", self.lambda_, allow_zero=True)
         _check_positive("epsilon", self.epsilon, allow_zero=True)

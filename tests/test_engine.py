@@ -188,3 +188,21 @@ def test_mip_round_settled_by_lps_when_they_prove_the_gap(monkeypatch):
     optimum = solve(plain, plain_cfg).objective
     assert report.bound <= optimum + 1e-6 <= report.objective + 2e-6
     assert report.objective - optimum <= report.gap * abs(report.objective) + 1e-6
+
+
+@pytest.mark.parametrize("case, mode", [("tiny_fc", "exact"), ("tiny_fc", "relaxed"), ("lenet5", "relaxed")])
+@pytest.mark.parametrize("backend", ["highspy", "appsi"])
+def test_interior_final_point_keeps_the_optimum(case: str, mode: str, backend: str) -> None:
+    """The interior point of the optimal face (the default, as the authors' MOSEK) has the vertex's
+    objective; only scores the objective leaves free may move, and the binaries stay put."""
+    reports, values = {}, {}
+    for point in ("vertex", "interior"):
+        form, cfg = _formulation(case, mode, final_point=point, backend=backend)
+        reports[point], values[point] = solve(form, cfg), form.values[np.flatnonzero(form.program.integer)]
+    assert reports["vertex"].final_point == "vertex" and reports["interior"].final_point == "interior"
+    assert reports["interior"].status == "optimal" and reports["interior"].lse_gap <= 1e-6
+    assert abs(reports["interior"].objective - reports["vertex"].objective) <= 1e-6 * max(1, abs(reports["vertex"].objective))
+    assert reports["interior"].rounds == reports["vertex"].rounds  # the interior re-solve is no Kelley round
+    assert reports["interior"].history[-1]["phase"] == "interior"
+    if mode == "exact":
+        np.testing.assert_array_equal(np.round(values["interior"]), np.round(values["vertex"]))

@@ -9,6 +9,7 @@ import torch
 from critneuron.config import DataConfig, ModelConfig, RunConfig, paper_train_config
 from critneuron.experiments.runs import trained_model
 from critneuron.experiments.store import Store
+from critneuron.experiments.whole import vertex_interior
 from critneuron.nets.train import torch_threads
 
 
@@ -23,3 +24,14 @@ def test_stored_training_does_not_depend_on_the_callers_thread_count(shared_data
             assert torch.get_num_threads() == threads
         states.append(model.state_dict())
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+
+
+def test_vertex_and_interior_scores_are_both_stored_and_compared(shared_data_root: Path, tmp_path: Path) -> None:
+    cfg = RunConfig(data=DataConfig(dataset="mnist", root=str(shared_data_root), subset=2000, test_subset=200),
+                    model=ModelConfig(name="fc3"), train=paper_train_config("fc3", "mnist", epochs=1))
+    store = Store(tmp_path)
+    row = vertex_interior(cfg, store)
+    assert (row["units"], row["tau"], row["interior_point"]) == (400, 0.1, "interior")
+    assert 0 <= row["units_changing_side"] <= row["units"] and row["objective_difference"] <= 1e-5
+    points = sorted(store.read("score", r["key"])["config"]["final_point"] for r in store.ls("score"))
+    assert points == ["interior", "vertex"] and vertex_interior(cfg, store) == row  # both cached

@@ -9,6 +9,7 @@ import copy
 import dataclasses
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from critneuron.catalog import dataset_record
@@ -97,3 +98,24 @@ def prune_sweep(base: dict[str, Any], grid: dict[str, list] | None = None,
     if items:
         raw["list"] = items
     return raw
+
+
+def vertex_interior(cfg: RunConfig, store: Store) -> dict[str, Any]:
+    """How the reported optimum moves a run's mask: its MIP scores at the simplex vertex and at
+    the interior point of the optimal face (`ScoreConfig.final_point`; both cached), and how many
+    units one mask prunes and the other keeps at the run's τ."""
+    model, _metrics = trained_model(cfg, store)
+    tau = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
+    scores = {point: mip_scores(model, dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, final_point=point)),
+                                store) for point in ("vertex", "interior")}
+    masks = {point: masks_from_scores(s, tau) for point, s in scores.items()}
+    values = {point: np.concatenate([s.layers[name] for name in s.layers]) for point, s in scores.items()}
+    flips = sum(len(set(masks["vertex"].pruned(name)) ^ set(masks["interior"].pruned(name))) for name in masks["vertex"].kept)
+    solver = {point: s.provenance["solver"] for point, s in scores.items()}
+    return {"model": cfg.model.name, "dataset": cfg.data.dataset, "seed": cfg.train.seed, "tau": tau,
+            "units": len(values["vertex"]), "units_changing_side": flips,
+            "max_abs_score_difference": float(np.abs(values["vertex"] - values["interior"]).max()),
+            "interior_point": solver["interior"]["final_point"],
+            "objective_difference": abs(solver["vertex"]["objective"] - solver["interior"]["objective"]),
+            "solve_s_vertex": scores["vertex"].provenance["seconds"]["solve"],
+            "solve_s_interior": scores["interior"].provenance["seconds"]["solve"]}

@@ -36,7 +36,8 @@ class SolveReport:
     """What happened in a solve; JSON-able through `to_dict`.
 
     `handover_seconds`: time spent getting the model, cuts, starts and solutions between the
-    formulation and HiGHS; `highs_seconds`: inside HiGHS's `run`.
+    formulation and HiGHS; `highs_seconds`: inside HiGHS's `run`. `final_point`: "vertex" (the
+    simplex optimum) or "interior" (`ScoreConfig.final_point`); `rounds` counts Kelley rounds.
     """
 
     solver: str
@@ -55,6 +56,7 @@ class SolveReport:
     history: list[dict] = field(default_factory=list)
     handover_seconds: float = 0.0
     highs_seconds: float = 0.0
+    final_point: str = "vertex"
 
     def to_dict(self) -> dict:
         """Plain JSON-able form."""
@@ -116,12 +118,15 @@ class _Highspy:
                        m.indices.astype(np.int32), m.data)
         self.handover_seconds += time.perf_counter() - start
 
-    def run(self, remaining: float, point: np.ndarray | None, integer: bool, algorithm: str) -> dict:
+    def run(self, remaining: float, point: np.ndarray | None, integer: bool, algorithm: str,
+            crossover: bool = True) -> dict:
         """One HiGHS run (from `point` as a MIP start, if given); loads the point it found."""
         start = time.perf_counter()
         h = self.h
         h.setOptionValue("time_limit", highs_time_limit(h, remaining))
         h.setOptionValue("solver", algorithm)
+        h.setOptionValue("run_crossover", "on" if crossover else "off")
+        h.setOptionValue("presolve", "choose" if crossover else "off")  # presolve fixes free columns at a bound
         if point is not None:
             sol = highspy.HighsSolution()
             sol.col_value = point
@@ -193,7 +198,8 @@ class _Appsi:
         self.form.model  # noqa: B018 - syncs the Pyomo model with the program
         self.handover_seconds += time.perf_counter() - start
 
-    def run(self, remaining: float, point: np.ndarray | None, integer: bool, algorithm: str) -> dict:
+    def run(self, remaining: float, point: np.ndarray | None, integer: bool, algorithm: str,
+            crossover: bool = True) -> dict:
         """One solve (from `point` as a MIP start, if given); loads the point it found."""
         from pyomo.common.timing import HierarchicalTimer
 
@@ -204,7 +210,8 @@ class _Appsi:
         if point is not None:
             for v, value in zip(self.variables, point):
                 v.set_value(float(value), skip_validation=True)
-        opt.highs_options = {**self.options, "solver": algorithm}
+        opt.highs_options = {**self.options, "solver": algorithm, "run_crossover": "on" if crossover else "off",
+                             "presolve": "choose" if crossover else "off"}
         timer = HierarchicalTimer()
         res = opt.solve(self.model, timer=timer)
         status = res.termination_condition.name
@@ -220,11 +227,12 @@ class _Appsi:
 
 
 def _solve_once(engine, form: Formulation, cfg: ScoreConfig, remaining: float, point: np.ndarray | None,
-                integer: bool, algorithm: str = "choose") -> dict:
+                integer: bool, algorithm: str = "choose", crossover: bool = True) -> dict:
     """One solve; returns status, whether a point was loaded, its objective and the bound.
     An LP (`integer` false) stopped early has no feasible point; a MIP may have an incumbent.
-    `algorithm`: HiGHS's `solver` option (choose, simplex, ipm)."""
-    out = engine.run(remaining, point, integer, algorithm)
+    `algorithm`: HiGHS's `solver` option (choose, simplex, ipm); `crossover` off leaves an
+    interior-point run inside the optimal face."""
+    out = engine.run(remaining, point, integer, algorithm, crossover)
     # The objective of the point actually loaded (the scores we return), not HiGHS's report.
     return {**out, "objective": form.objective_value() if out["feasible"] else None}
 
@@ -281,7 +289,33 @@ def solve(form: Formulation, cfg: ScoreConfig) -> SolveReport:
         engine.set_integer(False)
         _kelley(engine, form, cfg, start, history, "lp")
     out, lse_gap = _kelley(engine, form, cfg, start, history, "mip" if integer else "lp")
-    return _report(engine, form, cfg, out, history, lse_gap, time.perf_counter() - start)
+    final = "vertex"
+    if cfg.final_point == "interior" and out["status"] == "optimal":
+        out, lse_gap, final = _interior(engine, form, cfg, start, history, out, lse_gap)
+    return _report(engine, form, cfg, out, history, lse_gap, time.perf_counter() - start, final)
+
+
+def _interior(engine, form: Formulation, cfg: ScoreConfig, start: float, history: list[dict], out: dict,
+              lse_gap: float) -> tuple[dict, float, str]:
+    """The optimum re-solved by interior point without crossover, the binaries fixed at their
+    values: a point in the relative interior of the optimal face, as an interior-point solver
+    (the authors' MOSEK) returns, where simplex returns a vertex. Scores that the objective does
+    not pin down then sit inside (0, 1) instead of at 0 or 1. Kept only if it reaches the same
+    objective (to `kelley_tol`, relative) with the LSE gap still closed; else the vertex stays
+    ("vertex (interior rejected)")."""
+    vertex, binaries = form.values.copy(), np.flatnonzero(form.program.integer)
+    if len(binaries):
+        engine.fix(np.round(vertex[binaries]))
+    inner = _solve_once(engine, form, cfg, cfg.time_limit - (time.perf_counter() - start), None, False, "ipm",
+                        crossover=False)
+    gap = float(np.max(form.lse_gaps())) if inner["feasible"] and cfg.loss == "ce" else 0.0
+    same = inner["feasible"] and abs(inner["objective"] - out["objective"]) <= cfg.kelley_tol * max(1.0, abs(out["objective"]))
+    history.append({"round": len(history) + 1, "phase": "interior", "objective": inner["objective"], "lse_gap": gap,
+                    "seconds": time.perf_counter() - start, "status": inner["status"]})
+    if same and gap <= cfg.kelley_tol:
+        return {**out, "objective": inner["objective"]}, gap, "interior"
+    form.values = vertex
+    return out, lse_gap, "vertex (interior rejected)"
 
 
 def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: list[dict],
@@ -327,12 +361,13 @@ def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: 
     return out, lse_gap
 
 
-def _report(engine, form, cfg, out, history, lse_gap, seconds) -> SolveReport:
+def _report(engine, form, cfg, out, history, lse_gap, seconds, final_point: str) -> SolveReport:
     obj, bound = out["objective"], out["bound"]
     gap = None
     if obj is not None and bound is not None and np.isfinite(bound):
         gap = abs(obj - bound) / max(abs(obj), 1e-10)
     sizes = form.sizes()
-    return SolveReport(engine.name, solver_version(cfg), out["status"], float(obj), bound, gap, len(history),
+    rounds = sum(h["phase"] != "interior" for h in history)
+    return SolveReport(engine.name, solver_version(cfg), out["status"], float(obj), bound, gap, rounds,
                        lse_gap, form.n_cuts, seconds, sizes["variables"], sizes["constraints"],
-                       sizes["binaries"], history, engine.handover_seconds, engine.highs_seconds)
+                       sizes["binaries"], history, engine.handover_seconds, engine.highs_seconds, final_point)
