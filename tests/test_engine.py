@@ -154,7 +154,7 @@ def test_exact_mode_gives_the_branch_and_bound_optimum(case, mip_gap):
     """MIP rounds settled by LPs (relaxation bound + the indicators fixed), or by HiGHS's branch
     and bound when they do not prove the gap (mip_gap = 0), give the optimum of plain branch
     and bound rounds (no LP phase, no warm start), at an integral point."""
-    form, cfg = _formulation(case, "exact", mip_gap=mip_gap)
+    form, cfg = _formulation(case, "exact", mip_gap=mip_gap, final_point="vertex")  # the MIP rounds' own point
     report = solve(form, cfg)
     binaries = form.values[form.program.integer]
     assert form.program.integer.any() and np.allclose(binaries, np.round(binaries), atol=1e-6)
@@ -173,12 +173,12 @@ def test_mip_round_settled_by_lps_when_they_prove_the_gap(monkeypatch):
 
     real, integer_solves = solve_mod._solve_once, []
 
-    def counting(engine, form, cfg, remaining, point, integer, algorithm="choose"):
+    def counting(engine, form, cfg, remaining, point, integer, algorithm="choose", crossover=True):
         integer_solves.append(integer)
-        return real(engine, form, cfg, remaining, point, integer, algorithm)
+        return real(engine, form, cfg, remaining, point, integer, algorithm, crossover)
 
     monkeypatch.setattr(solve_mod, "_solve_once", counting)
-    form, cfg = _formulation("tiny_fc", "exact", mip_gap=0.5)
+    form, cfg = _formulation("tiny_fc", "exact", mip_gap=0.5, final_point="vertex")
     report = solve(form, cfg)
     assert not any(integer_solves) and report.history[-1]["phase"] == "mip"
     binaries = form.values[form.program.integer]
