@@ -45,11 +45,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blocks", default=None,
                         help="solve only these blocks, 1-based: '3-13' or '1,8,13' (the tail is the last)")
     parser.add_argument("--deep-first", action="store_true", help="start the deepest blocks first")
+    parser.add_argument("--test-subset", type=int, default=None,
+                        help="evaluate the network and its heads on this many test images (full-width VGG-16 on "
+                        "CPUs: every head over the whole test set takes many minutes)")
     add_common_args(parser, "bench_decoupled")
     args = parser.parse_args(argv)
     env = environment()
     print_environment(env)
-    data = DataConfig(dataset=args.dataset, subset=args.subset)
+    data = DataConfig(dataset=args.dataset, subset=args.subset, test_subset=args.test_subset)
     run = RunConfig(data=data, model=ModelConfig(name=args.model, width=args.width),
                     train=paper_train_config(args.model, args.dataset, args.epochs, args.seed))
     net, figures = decoupled_network(run, Store(args.cache), "decoupled", progress=True)  # trained once per config
