@@ -28,6 +28,7 @@ _STATUS = {_MS.kOptimal: "optimal", _MS.kTimeLimit: "maxTimeLimit", _MS.kIterati
            _MS.kObjectiveTarget: "objectiveLimit", _MS.kInterrupt: "interrupted", _MS.kHighsInterrupt: "interrupted",
            _MS.kInfeasible: "infeasible", _MS.kUnbounded: "unbounded",
            _MS.kUnboundedOrInfeasible: "infeasibleOrUnbounded"}
+_LOST = {_MS.kUnknown, _MS.kSolveError, _MS.kPostsolveError}
 _STOPPED_WITH_POINT = {"optimal", "maxTimeLimit", "maxIterations", "objectiveLimit", "interrupted"}
 
 
@@ -134,6 +135,13 @@ class _Highspy:
             h.setSolution(sol)
         ran = time.perf_counter()
         h.run()
+        if not integer and h.getModelStatus() in _LOST:
+            # A hot-started simplex can lose its way on large, badly scaled LPs (status Unknown):
+            # drop the basis and solve the LP afresh by interior point (with crossover).
+            h.clearSolver()
+            h.setOptionValue("time_limit", highs_time_limit(h, remaining - (time.perf_counter() - ran)))
+            h.setOptionValue("solver", "ipm")
+            h.run()
         inside = time.perf_counter() - ran
         self.highs_seconds += inside
         model_status = h.getModelStatus()
