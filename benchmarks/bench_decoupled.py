@@ -24,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, environment, print_environment  # noqa: E402
 
+from critneuron.cli import block_list  # noqa: E402
 from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, paper_train_config  # noqa: E402
 from critneuron.errors import SolveError  # noqa: E402
 from critneuron.experiments.decoupled import block_executor, decoupled_network  # noqa: E402
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--first-lp", default="simplex", choices=("simplex", "ipm"))
     parser.add_argument("--mode", default="relaxed", choices=("relaxed", "exact"))
     parser.add_argument("--any-images", action="store_true", help="batches need not be classified correctly")
-    parser.add_argument("--blocks", default=None,
+    parser.add_argument("--blocks", type=block_list, default=None,
                         help="solve only these blocks, 1-based: '3-13' or '1,8,13' (the tail is the last)")
     parser.add_argument("--deep-first", action="store_true", help="start the deepest blocks first")
     parser.add_argument("--test-subset", type=int, default=None,
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     start = time.perf_counter()
     batches = block_batches(net, load_split(data, "train"), args.batch_size, args.seed, not args.any_images)
     problems = block_problems(net, batches, ScoreConfig().epsilon)
-    problems = [problems[k - 1] for k in _block_numbers(args.blocks, len(problems))]
+    if args.blocks and max(args.blocks) > len(problems):
+        raise SystemExit(f"--blocks: block numbers run from 1 to {len(problems)}")
+    problems = [problems[k - 1] for k in args.blocks or range(1, len(problems) + 1)]
     problem_seconds = time.perf_counter() - start
     print(f"{len(problems)} sub-MIPs prepared in {problem_seconds:.1f} s (whole-network bounds included)", flush=True)
     cfg = ScoreConfig(mode=args.mode, batch_size=args.batch_size, time_limit=args.time_limit, first_lp=args.first_lp,
@@ -109,19 +112,6 @@ def main(argv: list[str] | None = None) -> None:
     print(f"all sub-MIPs: {total:.1f} s wall with {args.workers} workers; results: {out}")
     if failed:
         print(f"failed: {failed}")
-
-
-def _block_numbers(spec: str | None, n: int) -> list[int]:
-    """'3-13' or '1,8,13' (1-based, n = the tail) -> block numbers; None -> all."""
-    if spec is None:
-        return list(range(1, n + 1))
-    numbers: list[int] = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        numbers.extend(range(int(lo), int(hi or lo) + 1))
-    if not numbers or min(numbers) < 1 or max(numbers) > n:
-        raise SystemExit(f"--blocks {spec!r}: block numbers run from 1 to {n}")
-    return numbers
 
 
 if __name__ == "__main__":
