@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--workers", type=int, default=2, help="sub-MIPs solved at once (a Dask LocalCluster)")
     parser.add_argument("--scheduler", help="a Dask scheduler address, or 'serial' (default: a LocalCluster)")
-    parser.add_argument("--first-lp", default="simplex", choices=("simplex", "ipm"))
+    parser.add_argument("--first-lp", default="auto", choices=("auto", "simplex", "ipm"))
     parser.add_argument("--mode", default="relaxed", choices=("relaxed", "exact"))
     parser.add_argument("--any-images", action="store_true", help="batches need not be classified correctly")
     parser.add_argument("--blocks", type=block_list, default=None,

@@ -21,7 +21,7 @@ SCHEMA_VERSION = 1
 
 Mode = Literal["exact", "relaxed"]
 Loss = Literal["ce", "margin"]
-FirstLP = Literal["simplex", "ipm"]
+FirstLP = Literal["auto", "simplex", "ipm"]
 Bias = Literal["keep-bias", "remove"]
 BatchRule = Literal["random", "authors"]
 RandomRule = Literal["uniform", "authors"]
@@ -143,9 +143,10 @@ class ScoreConfig:
     lp_cuts_first: bool = field(default=True, metadata={
         "help": "exact mode: converge the Kelley cuts on the LP relaxation before the MIP rounds"})
     selfcheck_tol: float = field(default=1e-4, metadata={"help": "max |MIP logits - torch logits| in exact mode"})
-    first_lp: FirstLP = field(default="simplex", metadata={
-        "help": "HiGHS algorithm of each phase's first LP solve: simplex, or ipm (interior point + crossover; "
-                "faster on large LPs such as deep VGG blocks); later Kelley rounds hot-start with simplex"})
+    first_lp: FirstLP = field(default="auto", metadata={
+        "help": "HiGHS algorithm of each phase's first LP solve: simplex, ipm (interior point + crossover; "
+                "much faster on large LPs such as full-width VGG blocks), or auto (ipm from a million nonzeros "
+                "on); later Kelley rounds hot-start with simplex"})
     backend: Backend = field(default="highspy", metadata={
         "help": "highspy (the model's sparse blocks straight to HiGHS, cuts added to the live solver) or appsi "
                 "(the same model through Pyomo and its appsi HiGHS interface: the engine before issue 16)"})

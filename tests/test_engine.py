@@ -173,9 +173,9 @@ def test_mip_round_settled_by_lps_when_they_prove_the_gap(monkeypatch):
 
     real, integer_solves = solve_mod._solve_once, []
 
-    def counting(engine, form, cfg, remaining, point, integer, algorithm="choose", crossover=True):
+    def counting(engine, form, cfg, remaining, point, integer, algorithm="choose"):
         integer_solves.append(integer)
-        return real(engine, form, cfg, remaining, point, integer, algorithm, crossover)
+        return real(engine, form, cfg, remaining, point, integer, algorithm)
 
     monkeypatch.setattr(solve_mod, "_solve_once", counting)
     form, cfg = _formulation("tiny_fc", "exact", mip_gap=0.5, final_point="vertex")
@@ -201,8 +201,159 @@ def test_interior_final_point_keeps_the_optimum(case: str, mode: str, backend: s
         reports[point], values[point] = solve(form, cfg), form.values[np.flatnonzero(form.program.integer)]
     assert reports["vertex"].final_point == "vertex" and reports["interior"].final_point == "interior"
     assert reports["interior"].status == "optimal" and reports["interior"].lse_gap <= 1e-6
-    assert abs(reports["interior"].objective - reports["vertex"].objective) <= 1e-6 * max(1, abs(reports["vertex"].objective))
+    tol = 1e-6 if mode == "relaxed" else ScoreConfig().mip_gap  # a MIP point is optimal to its gap
+    assert abs(reports["interior"].objective - reports["vertex"].objective) <= tol * max(1, abs(reports["vertex"].objective))
     assert reports["interior"].rounds == reports["vertex"].rounds  # the interior re-solve is no Kelley round
     assert reports["interior"].history[-1]["phase"] == "interior"
     if mode == "exact":
         np.testing.assert_array_equal(np.round(values["interior"]), np.round(values["vertex"]))
+
+
+def test_implied_row_sides_hold_on_the_box_and_leave_the_optimum():
+    """A side that `implied_sides` flags holds at every point of the column box (checked at its
+    corners and at random points), and an LP without the flagged sides has the same optimum."""
+    import highspy
+    import scipy.sparse as sp
+
+    from critneuron.mip.program import implied_sides
+
+    rng = np.random.default_rng(0)
+    n, m = 4, 60
+    mat = sp.random(m, n, density=0.6, random_state=0, format="csr")
+    mat.data = rng.normal(size=mat.nnz)
+    col_lower, col_upper = -rng.uniform(0, 1, n), rng.uniform(0, 1, n)
+    centre = mat @ ((col_lower + col_upper) / 2)
+    lower = np.where(rng.uniform(size=m) < 0.8, centre - rng.uniform(0, 2, m), -np.inf)
+    upper = np.where(rng.uniform(size=m) < 0.8, centre + rng.uniform(0, 2, m), np.inf)
+    low_holds, up_holds = implied_sides(mat, lower, upper, col_lower, col_upper)
+    assert 0 < (low_holds & up_holds).sum() < m  # some rows go, some stay
+    corners = np.array(np.meshgrid(*zip(col_lower, col_upper))).reshape(n, -1).T
+    points = np.vstack([corners, rng.uniform(col_lower, col_upper, (500, n))])
+    activity = (mat @ points.T).T
+    assert np.all(activity[:, low_holds] >= lower[low_holds] - 1e-12)
+    assert np.all(activity[:, up_holds] <= upper[up_holds] + 1e-12)
+    # a side not flagged is violated at some corner (the interval minimum/maximum is attained)
+    assert np.all((activity[:, ~low_holds] < lower[~low_holds]).any(axis=0))
+
+    def optimum(lo, hi, keep):
+        h = highspy.Highs()
+        h.setOptionValue("output_flag", False)
+        sub = mat[keep]
+        h.passModel(n, sub.shape[0], sub.nnz, int(highspy.MatrixFormat.kRowwise), int(highspy.ObjSense.kMinimize),
+                    0.0, rng_cost, col_lower, col_upper, lo[keep], hi[keep], sub.indptr.astype(np.int32),
+                    sub.indices.astype(np.int32), sub.data, np.zeros(n, np.int32))
+        h.run()
+        return h.getInfo().objective_function_value
+
+    for seed in range(5):
+        rng_cost = np.random.default_rng(seed).normal(size=n)
+        full = optimum(lower, upper, np.ones(m, bool))
+        reduced = optimum(np.where(low_holds, -np.inf, lower), np.where(up_holds, np.inf, upper),
+                          ~(low_holds & up_holds))
+        assert reduced == pytest.approx(full, abs=1e-9)
+
+
+@pytest.mark.parametrize("case", ["tiny_conv", "lenet5"])
+def test_interior_point_of_the_reduced_face_is_the_full_lps(case: str) -> None:
+    """Fixing the scores that reduced costs pin and leaving out implied rows does not move the
+    interior point: it equals HiGHS's interior point (no crossover, no presolve) of the whole LP."""
+    import highspy
+
+    form, cfg = _formulation(case, "relaxed", final_point="interior")
+    report = solve(form, cfg)
+    assert report.final_point == "interior"
+    reduced = np.concatenate([form.values[c] for c in form.scores.values()])
+    prog, rows = form.program, form.program.matrix()
+    h = highspy.Highs()
+    for key, value in (("output_flag", False), ("solver", "ipm"), ("run_crossover", "off"), ("presolve", "off"),
+                       ("threads", 1)):
+        h.setOptionValue(key, value)
+    mat = rows.matrix
+    h.passModel(prog.n_cols, mat.shape[0], mat.nnz, int(highspy.MatrixFormat.kRowwise),
+                int(highspy.ObjSense.kMinimize), 0.0, prog.cost, prog.col_lower, prog.col_upper, rows.lower,
+                rows.upper, mat.indptr.astype(np.int32), mat.indices.astype(np.int32), mat.data,
+                np.zeros(prog.n_cols, np.int32))
+    h.run()
+    assert h.modelStatusToString(h.getModelStatus()) == "Optimal"
+    whole = np.asarray(h.getSolution().col_value)
+    full = np.concatenate([whole[c] for c in form.scores.values()])
+    assert np.abs(reduced - full).max() <= 1e-4
+
+
+def test_an_lp_highs_loses_is_solved_afresh_by_interior_point(monkeypatch):
+    """A re-solve that ends with status Unknown (a hot-started simplex lost on a large, badly
+    scaled LP; seen on a VGG block) is solved again from scratch by interior point, and the
+    scoring still ends optimal at the same objective."""
+    import highspy
+
+    import critneuron.mip.solve as solve_mod
+
+    form, cfg = _formulation("fc3", "relaxed", final_point="vertex")
+    reference = solve(form, cfg).objective
+    algorithms = []
+
+    class Losing:
+        """The engine's Highs, except that its second run reports status Unknown once."""
+
+        def __init__(self, h):
+            self._h, self._runs, self._lost = h, 0, False
+
+        def __getattr__(self, name):
+            return getattr(self._h, name)
+
+        def run(self):
+            self._runs += 1
+            algorithms.append(self._h.getOptions().solver)
+            self._lost = self._runs == 2
+            return self._h.run()
+
+        def getModelStatus(self):
+            return highspy.HighsModelStatus.kUnknown if self._lost else self._h.getModelStatus()
+
+        def clearSolver(self):
+            self._lost = False
+            return self._h.clearSolver()
+
+    real_init = solve_mod._Highspy.__init__
+
+    def losing_init(self, form, cfg):
+        real_init(self, form, cfg)
+        self.h = Losing(self.h)
+
+    monkeypatch.setattr(solve_mod._Highspy, "__init__", losing_init)
+    form, cfg = _formulation("fc3", "relaxed", final_point="vertex")
+    report = solve(form, cfg)
+    assert algorithms[2] == "ipm"  # the lost second run was repeated by interior point
+    assert report.status == "optimal" and report.objective == pytest.approx(reference, rel=1e-6)
+
+
+def test_a_layer_input_made_columns_keeps_the_optimum_with_fewer_nonzeros(monkeypatch):
+    """Pooled unstable units feeding a Linear: the pool's outputs become columns (the Linear's
+    rows then list each once instead of repeating every weight per pooled unit), and the program
+    has the optimum of the one without them, with fewer nonzeros."""
+    from collections import OrderedDict
+
+    from torch import nn
+
+    from critneuron.mip.builder import ProgramBuilder
+
+    torch.manual_seed(3)
+    net = nn.Sequential(OrderedDict(conv1=nn.Conv2d(1, 6, 3, padding=1), relu1=nn.ReLU(), pool1=nn.AvgPool2d(2),
+                                    flatten=nn.Flatten(), fc1=nn.Linear(6 * 4 * 4, 24), relu2=nn.ReLU(),
+                                    fc2=nn.Linear(24, 3))).eval()
+    x, y = _random_batch(net, (1, 8, 8), 3, seed=1)
+    spec = network_spec(net, (1, 8, 8))
+    cfg = ScoreConfig(mode="relaxed", epsilon=0.2, final_point="vertex")
+    results = {}
+    for rule in ("on", "off"):
+        if rule == "off":
+            monkeypatch.setattr(ProgramBuilder, "cheaper_as_columns", lambda self, layer: False)
+        form = build_formulation(spec, interval_bounds(spec, x, 0.2), x, y, cfg)
+        groups = [g[0] for g in form.program.groups]
+        nonzeros = sum(r.matrix.nnz for r in form.program.rows)
+        results[rule] = (solve(form, cfg), groups, nonzeros)
+    (on, on_groups, on_nnz), (off, off_groups, off_nnz) = results["on"], results["off"]
+    assert "flatten_out.y" in on_groups and "flatten_out.y" not in off_groups
+    assert on_nnz < off_nnz
+    assert on.status == off.status == "optimal"
+    assert on.objective == pytest.approx(off.objective, rel=1e-6)

@@ -13,7 +13,7 @@ from torch import nn
 from critneuron.mip.bounds import forward, interval_bounds, shift_scale, stability
 from critneuron.config import ScoreConfig
 from critneuron.errors import SolveError, UnsupportedLayerError
-from critneuron.mip.formulation import build_formulation, logsumexp
+from critneuron.mip.formulation import _SEED_TANGENTS, build_formulation, logsumexp
 from critneuron.mip.scores import score
 from critneuron.mip.solve import solve
 from critneuron.mip.spec import network_spec
@@ -237,11 +237,15 @@ def test_formulation_sizes_hand_counted():
     # whose sample has a single live first-layer unit (dead units: s1 of it; live: s1 of it and s2_j).
     live1 = on1.sum(axis=1)
     relu_rows = int(sum(off2[b].sum() * (live1[b] >= 2) + on2[b].sum() * (live1[b] >= 1) for b in range(4)))
-    # relu, logits, Σ_k u_bk ≤ 1 and a tangent per u_bk (each exp(w) ≥ 1e-8 here), sum-largest
-    rows = relu_rows + 4 * 2 + 4 * (1 + 2) + 2
+    # relu, logits, Σ_k u_bk ≤ 1, a tangent per u_bk at the warm start and at each seed point
+    # (each exp(w) ≥ 1e-8 here), sum-largest
+    rows = relu_rows + 4 * 2 + 4 * (1 + 2) + 4 * 2 * len(_SEED_TANGENTS) + 2
     assert off1.sum() > 0 and relu_rows > 0
     # a live first-layer unit's row s1_j ≥ 1 − a/Ũ became a bound
     assert np.any(form.program.col_lower[form.scores["fc1"]] > 0)
+    # rows whose both sides the column bounds imply are left out (here: ReLU rows)
+    assert 0 < form.program.n_implied < relu_rows
+    rows -= form.program.n_implied
     assert form.sizes() == {"variables": n_vars, "binaries": 0, "constraints": rows}
 
     assert sum(1 for _ in form.model.component_data_objects(pe.Var)) == n_vars

@@ -10,7 +10,8 @@ Each sample's activations are carried as affine forms ``E·x + c`` in the column
 far (scores included). A stable unit gets no column: its output z = ã (or 0) is substituted,
 which is exact; so only unstable units get columns (z and v), plus whole layers whose forms have
 grown dense (to keep rows sparse; and a dense pre-activation of an unstable unit, which its two
-big-M rows would each repeat) and the logits. Units with the same value share one column. The
+big-M rows would each repeat), a layer's input whose forms the layer would multiply out into
+many more nonzeros (`ProgramBuilder.cheaper_as_columns`), and the logits. Units with the same value share one column. The
 first layer's input is the data, so e.g. LeNet-5's conv activations are affine in a handful of
 scores and the LP has hundreds of columns instead of tens of thousands. A row in one column
 becomes a bound on it; a row in none is dropped.
@@ -49,6 +50,11 @@ from critneuron.mip.spec import NetworkSpec, ReLUSpec
 # Tangents of exp with a slope below this are not added: HiGHS drops matrix entries under 1e-9,
 # and an exponential this small moves the log-sum-exp by less than the Kelley tolerance.
 _MIN_SLOPE = 1e-8
+# Lifted form: every exponential also starts with tangents at these w = ẑ − t (exp(w) ≤ 1 at any
+# feasible point), so the first LPs already see the curve; LeNet-5 on MNIST needs 7 Kelley rounds
+# instead of 11, and a full-width VGG block's early re-solves move far less.
+_SEED_TANGENTS = (0.0, -0.1, -0.2, -0.3, -0.4, -0.5, -0.6, -0.7, -0.8, -0.9, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+                  -9.0, -13.0)
 
 
 @dataclass
@@ -181,6 +187,8 @@ def build_formulation(spec: NetworkSpec, bounds: Bounds, x: np.ndarray, y: np.nd
         if isinstance(layer, ReLUSpec):
             builder.relu(idx, layer)
             continue
+        if idx > 0 and builder.cheaper_as_columns(layer):
+            builder.materialise(idx - 1, layers[idx - 1].name)
         builder.affine(idx, layer)
         last = idx == len(layers) - 1
         nxt = None if last else layers[idx + 1]
@@ -191,6 +199,12 @@ def build_formulation(spec: NetworkSpec, bounds: Bounds, x: np.ndarray, y: np.nd
     builder.objective(np.asarray(y), logits, cost)
     form = Formulation(builder.program(cost), builder.scores, logits, builder.t, np.asarray(y), cfg.lse,
                        builder.exps, np.concatenate(builder.warm), builder.counts)
-    if cfg.loss == "ce":  # the first cuts: at the unpruned network's logits
+    if cfg.loss == "ce":  # the first cuts: at the unpruned network's logits (and the seed tangents)
         form.add_lse_cuts(form.lifted(form.warm_start), list(range(len(x))))
+        if cfg.lse == "lifted":
+            everyone = list(range(len(x)))
+            for w in _SEED_TANGENTS:
+                rows = _exp_cuts(form, everyone, np.full(form.exps.shape, w))
+                form.program.rows.append(rows)
+                form.n_cuts += rows.matrix.shape[0]
     return form

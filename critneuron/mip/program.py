@@ -20,11 +20,24 @@ class Rows:
     upper: np.ndarray
 
 
+def implied_sides(matrix: sp.csr_matrix, lower: np.ndarray, upper: np.ndarray, col_lower: np.ndarray,
+                  col_upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row of lower ≤ matrix·x ≤ upper, whether each side holds for every x in the column
+    bounds (its activity's interval-arithmetic minimum ≥ lower; maximum ≤ upper; ±inf sides hold):
+    such a side can be dropped without changing the feasible set."""
+    pos, neg = matrix.maximum(0.0), matrix.minimum(0.0)
+    with np.errstate(invalid="ignore"):  # inf · 0 where a column is unbounded but has no entry
+        lo = np.nan_to_num(pos @ col_lower + neg @ col_upper, nan=-np.inf)
+        hi = np.nan_to_num(pos @ col_upper + neg @ col_lower, nan=np.inf)
+    return (lower == -np.inf) | (lo >= lower), (upper == np.inf) | (hi <= upper)
+
+
 @dataclass
 class Program:
     """The scoring model as sparse blocks: minimise cost·x subject to every `rows` chunk and
     col_lower ≤ x ≤ col_upper, x_j integer where `integer`. `groups` names the columns:
-    (dotted name, first column, index keys), e.g. ("relu1.z", 40, [(b, j), ...])."""
+    (dotted name, first column, index keys), e.g. ("relu1.z", 40, [(b, j), ...]). `n_implied`
+    counts the emitted rows left out because the column bounds imply both their sides."""
 
     col_lower: np.ndarray
     col_upper: np.ndarray
@@ -32,6 +45,7 @@ class Program:
     integer: np.ndarray
     groups: list[tuple[str, int, list]]
     rows: list[Rows]
+    n_implied: int = 0  # rows left out because the column bounds imply them
 
     @property
     def n_cols(self) -> int:
