@@ -112,7 +112,7 @@ class ProgramBuilder:
 
     def affine(self, idx: int, layer: AffineSpec) -> None:
         mat = layer.matrix
-        name, products = getattr(self, "_products", (None, None))
+        name, products = self._products
         self.expr = products if name == layer.name else [(mat @ e).tocsr() for e in self.expr]
         self._products = (None, None)
         self.const = (mat @ self.const.T).T + layer.offset

@@ -11,10 +11,11 @@ far (scores included). A stable unit gets no column: its output z = ã (or 0) is
 which is exact; so only unstable units get columns (z and v), plus whole layers whose forms have
 grown dense (to keep rows sparse; and a dense pre-activation of an unstable unit, which its two
 big-M rows would each repeat), a layer's input whose forms the layer would multiply out into
-many more nonzeros (`ProgramBuilder.cheaper_as_columns`), and the logits. Units with the same value share one column. The
-first layer's input is the data, so e.g. LeNet-5's conv activations are affine in a handful of
-scores and the LP has hundreds of columns instead of tens of thousands. A row in one column
-becomes a bound on it; a row in none is dropped.
+many more nonzeros (`ProgramBuilder.cheaper_as_columns`), and the logits. Units with the same
+value share one column. The first layer's input is the data, so e.g. LeNet-5's conv activations
+are affine in a handful of scores and the LP has hundreds of columns instead of tens of
+thousands. A row in one column becomes a bound on it; a row in none is dropped, and so is a row
+side that the column bounds imply.
 
 Formulation (ElAraby, Wolf, Carvalho, the authors' final code):
 
