@@ -212,10 +212,10 @@ def test_interior_final_point_keeps_the_optimum(case: str, mode: str, backend: s
 def test_implied_row_sides_hold_on_the_box_and_leave_the_optimum():
     """A side that `implied_sides` flags holds at every point of the column box (checked at its
     corners and at random points), and an LP without the flagged sides has the same optimum."""
-    import highspy
     import scipy.sparse as sp
 
-    from critneuron.mip.program import implied_sides
+    from critneuron.mip.program import Rows, implied_sides
+    from critneuron.mip.solve import highs_with
 
     rng = np.random.default_rng(0)
     n, m = 4, 60
@@ -236,12 +236,7 @@ def test_implied_row_sides_hold_on_the_box_and_leave_the_optimum():
     assert np.all((activity[:, ~low_holds] < lower[~low_holds]).any(axis=0))
 
     def optimum(lo, hi, keep):
-        h = highspy.Highs()
-        h.setOptionValue("output_flag", False)
-        sub = mat[keep]
-        h.passModel(n, sub.shape[0], sub.nnz, int(highspy.MatrixFormat.kRowwise), int(highspy.ObjSense.kMinimize),
-                    0.0, rng_cost, col_lower, col_upper, lo[keep], hi[keep], sub.indptr.astype(np.int32),
-                    sub.indices.astype(np.int32), sub.data, np.zeros(n, np.int32))
+        h = highs_with(rng_cost, col_lower, col_upper, Rows("test", mat[keep], lo[keep], hi[keep]))
         h.run()
         return h.getInfo().objective_function_value
 
@@ -257,22 +252,16 @@ def test_implied_row_sides_hold_on_the_box_and_leave_the_optimum():
 def test_interior_point_of_the_reduced_face_is_the_full_lps(case: str) -> None:
     """Fixing the scores that reduced costs pin and leaving out implied rows does not move the
     interior point: it equals HiGHS's interior point (no crossover, no presolve) of the whole LP."""
-    import highspy
+    from critneuron.mip.solve import highs_with
 
     form, cfg = _formulation(case, "relaxed", final_point="interior")
     report = solve(form, cfg)
     assert report.final_point == "interior"
     reduced = np.concatenate([form.values[c] for c in form.scores.values()])
-    prog, rows = form.program, form.program.matrix()
-    h = highspy.Highs()
-    for key, value in (("output_flag", False), ("solver", "ipm"), ("run_crossover", "off"), ("presolve", "off"),
-                       ("threads", 1)):
-        h.setOptionValue(key, value)
-    mat = rows.matrix
-    h.passModel(prog.n_cols, mat.shape[0], mat.nnz, int(highspy.MatrixFormat.kRowwise),
-                int(highspy.ObjSense.kMinimize), 0.0, prog.cost, prog.col_lower, prog.col_upper, rows.lower,
-                rows.upper, mat.indptr.astype(np.int32), mat.indices.astype(np.int32), mat.data,
-                np.zeros(prog.n_cols, np.int32))
+    prog = form.program
+    h = highs_with(prog.cost, prog.col_lower, prog.col_upper, prog.matrix(),
+                   options={"output_flag": False, "solver": "ipm", "run_crossover": "off", "presolve": "off",
+                            "threads": 1})
     h.run()
     assert h.modelStatusToString(h.getModelStatus()) == "Optimal"
     whole = np.asarray(h.getSolution().col_value)
@@ -347,7 +336,7 @@ def test_a_layer_input_made_columns_keeps_the_optimum_with_fewer_nonzeros(monkey
     results = {}
     for rule in ("on", "off"):
         if rule == "off":
-            monkeypatch.setattr(ProgramBuilder, "cheaper_as_columns", lambda self, layer: False)
+            monkeypatch.setattr(ProgramBuilder, "cheaper_as_columns", lambda self, layer, products: False)
         form = build_formulation(spec, interval_bounds(spec, x, 0.2), x, y, cfg)
         groups = [g[0] for g in form.program.groups]
         nonzeros = sum(r.matrix.nnz for r in form.program.rows)

@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from critneuron.config import ScoreConfig
 from critneuron.mip.bounds import Bounds, forward, shift_scale, stability
-from critneuron.mip.program import Program, Rows, implied_sides
+from critneuron.mip.program import Program, Rows, without_implied
 from critneuron.mip.spec import AffineSpec, NetworkSpec, ReLUSpec
 
 
@@ -40,7 +40,6 @@ class ProgramBuilder:
         self.rows: list[Rows] = []
         self.tightened: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.counts: dict[str, dict[str, int]] = {}
-        self._products: tuple[str | None, list | None] = (None, None)
         self.scores = {layer.name: self.columns(f"scores.{layer.name}", list(range(layer.n_units)), 0.0, 1.0, 1.0)
                        for layer in spec.scored}
         n_in = x[0].size
@@ -94,11 +93,12 @@ class ProgramBuilder:
         """Whether the current forms are dense enough to be worth new variables."""
         return sum(e.nnz for e in self.expr) / max(self.const.size, 1) > self.dense_limit
 
-    def cheaper_as_columns(self, layer: AffineSpec) -> bool:
-        """Whether `layer`'s input is better made columns first: its forms, multiplied out through
-        the layer, would hold more than twice the nonzeros of the columns' definitions plus the
-        layer's rows over them (e.g. a VGG head's Linear(4C, 4C) after a 2×2 average pool: each
-        input is a mean of four columns, so the layer's rows would repeat every weight four times)."""
+    def cheaper_as_columns(self, layer: AffineSpec, products: list[sp.csr_matrix]) -> bool:
+        """Whether `layer`'s input is better made columns first: its forms multiplied out through
+        the layer (`products`) hold more than twice the nonzeros of the columns' definitions plus
+        the layer's rows over them (e.g. a VGG head's Linear(4C, 4C) after a 2×2 average pool:
+        each input is a mean of four columns, so the layer's rows would repeat every weight four
+        times)."""
         if not any(e.nnz for e in self.expr):
             return False
         weights_per_input = np.diff(layer.matrix.tocsc().indptr)
@@ -106,15 +106,15 @@ class ProgramBuilder:
         for e in self.expr:  # inputs with a constant form need no column
             live = np.diff(e.tocsr().indptr) > 0
             as_columns += e.nnz + int(live.sum()) + int(weights_per_input[live].sum())
-        products = [(layer.matrix @ e).tocsr() for e in self.expr]
-        self._products = (layer.name, products)  # `affine` reuses them if the forms stay
         return 2 * as_columns < sum(p.nnz for p in products)
 
     def affine(self, idx: int, layer: AffineSpec) -> None:
         mat = layer.matrix
-        name, products = self._products
-        self.expr = products if name == layer.name else [(mat @ e).tocsr() for e in self.expr]
-        self._products = (None, None)
+        products = [(mat @ e).tocsr() for e in self.expr]
+        if idx > 0 and self.cheaper_as_columns(layer, products):
+            self.materialise(idx - 1, self.spec.layers[idx - 1].name)
+            products = [(mat @ e).tocsr() for e in self.expr]
+        self.expr = products
         self.const = (mat @ self.const.T).T + layer.offset
         if layer.scored:
             u_tilde = shift_scale(self.spec, self.bounds, idx)
@@ -146,7 +146,6 @@ class ProgramBuilder:
     def materialise(self, idx: int, name: str) -> None:
         """Turn the current affine form into columns y with rows y = E x + c; units with identical
         forms share one column (duplicated columns make the LP degenerate and slow)."""
-        self._products = (None, None)
         n = self.const.shape[1]
         firsts = [self._first_copies(b) for b in range(self.batch)]
         uniques = [firsts[b] == np.arange(n) for b in range(self.batch)]
@@ -289,11 +288,9 @@ class ProgramBuilder:
         c[list(cost)] = list(cost.values())
         rows, implied = [], 0
         for chunk in self.rows:
-            mat = self.wide(chunk.matrix)
-            low_holds, up_holds = implied_sides(mat, chunk.lower, chunk.upper, lower, upper)
-            keep = ~(low_holds & up_holds)
-            implied += int((~keep).sum())
-            if keep.any():
-                rows.append(Rows(chunk.group, mat[keep], np.where(low_holds, -np.inf, chunk.lower)[keep],
-                                 np.where(up_holds, np.inf, chunk.upper)[keep]))
+            kept, left_out = without_implied(Rows(chunk.group, self.wide(chunk.matrix), chunk.lower, chunk.upper),
+                                             lower, upper)
+            implied += left_out
+            if kept.matrix.shape[0]:
+                rows.append(kept)
         return Program(lower, upper, c, np.concatenate(self.integer), self.groups, rows, implied)

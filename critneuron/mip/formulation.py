@@ -188,8 +188,6 @@ def build_formulation(spec: NetworkSpec, bounds: Bounds, x: np.ndarray, y: np.nd
         if isinstance(layer, ReLUSpec):
             builder.relu(idx, layer)
             continue
-        if idx > 0 and builder.cheaper_as_columns(layer):
-            builder.materialise(idx - 1, layers[idx - 1].name)
         builder.affine(idx, layer)
         last = idx == len(layers) - 1
         nxt = None if last else layers[idx + 1]

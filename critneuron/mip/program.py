@@ -32,6 +32,16 @@ def implied_sides(matrix: sp.csr_matrix, lower: np.ndarray, upper: np.ndarray, c
     return (lower == -np.inf) | (lo >= lower), (upper == np.inf) | (hi <= upper)
 
 
+def without_implied(rows: Rows, col_lower: np.ndarray, col_upper: np.ndarray) -> tuple[Rows, int]:
+    """`rows` without the sides the column bounds imply (`implied_sides`); rows with both sides
+    implied are left out. Returns the rows kept and how many were left out."""
+    low_holds, up_holds = implied_sides(rows.matrix, rows.lower, rows.upper, col_lower, col_upper)
+    keep = ~(low_holds & up_holds)
+    kept = Rows(rows.group, rows.matrix[keep], np.where(low_holds, -np.inf, rows.lower)[keep],
+                np.where(up_holds, np.inf, rows.upper)[keep])
+    return kept, int((~keep).sum())
+
+
 @dataclass
 class Program:
     """The scoring model as sparse blocks: minimise cost·x subject to every `rows` chunk and

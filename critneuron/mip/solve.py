@@ -19,7 +19,7 @@ import pyomo.environ as pe
 from critneuron.config import ScoreConfig
 from critneuron.errors import SolveError
 from critneuron.mip.formulation import Formulation
-from critneuron.mip.program import Rows, implied_sides
+from critneuron.mip.program import Rows, without_implied
 
 _MS = highspy.HighsModelStatus
 # HiGHS's model statuses under the names the reports have always used (Pyomo appsi's).
@@ -81,6 +81,26 @@ def solver_version(cfg: ScoreConfig) -> str:  # noqa: ARG001 - one solver today;
     return f"highspy {getattr(highspy, '__version__', '')} / HiGHS {h.versionMajor()}.{h.versionMinor()}.{h.versionPatch()}"
 
 
+def _options(cfg: ScoreConfig, **extra) -> dict:
+    """HiGHS options of every solve of `cfg` (silent, its threads and seed), plus `extra`."""
+    return {"output_flag": False, "threads": cfg.threads, "random_seed": cfg.seed, **extra}
+
+
+def highs_with(cost: np.ndarray, col_lower: np.ndarray, col_upper: np.ndarray, rows: Rows,
+               integer: np.ndarray | None = None, offset: float = 0.0, options: dict | None = None) -> highspy.Highs:
+    """A `highspy.Highs` holding min cost·x + offset s.t. rows, col_lower ≤ x ≤ col_upper (x_j
+    integer where `integer`), with `options` set (default: silent)."""
+    h = highspy.Highs()
+    for key, value in (options or {"output_flag": False}).items():
+        h.setOptionValue(key, value)
+    n, mat = len(cost), rows.matrix
+    kinds = np.zeros(n, np.int32) if integer is None else np.asarray(integer, dtype=np.int32)
+    h.passModel(n, mat.shape[0], mat.nnz, int(highspy.MatrixFormat.kRowwise), int(highspy.ObjSense.kMinimize),
+                offset, cost, col_lower, col_upper, rows.lower, rows.upper, mat.indptr.astype(np.int32),
+                mat.indices.astype(np.int32), mat.data, kinds)
+    return h
+
+
 class _Highspy:
     """The program passed to a live `highspy.Highs`; cuts are added rows (the basis is kept)."""
 
@@ -90,16 +110,8 @@ class _Highspy:
         start = time.perf_counter()
         self.form, self.highs_seconds = form, 0.0
         prog = form.program
-        rows = prog.matrix()
-        h = self.h = highspy.Highs()
-        for key, value in (("output_flag", False), ("threads", cfg.threads), ("random_seed", cfg.seed),
-                           ("mip_rel_gap", cfg.mip_gap)):
-            h.setOptionValue(key, value)
-        mat = rows.matrix
-        h.passModel(prog.n_cols, rows.matrix.shape[0], mat.nnz, int(highspy.MatrixFormat.kRowwise),
-                    int(highspy.ObjSense.kMinimize), 0.0, prog.cost, prog.col_lower, prog.col_upper,
-                    rows.lower, rows.upper, mat.indptr.astype(np.int32), mat.indices.astype(np.int32), mat.data,
-                    prog.integer.astype(np.int32))
+        self.h = highs_with(prog.cost, prog.col_lower, prog.col_upper, prog.matrix(), prog.integer,
+                            options=_options(cfg, mip_rel_gap=cfg.mip_gap))
         self.integer = np.flatnonzero(prog.integer).astype(np.int32)
         self.handover_seconds = time.perf_counter() - start
 
@@ -359,21 +371,11 @@ def _face(form: Formulation, reduced_costs: np.ndarray, cfg: ScoreConfig, remain
     free = lower < upper
     rows = prog.matrix()
     shift = rows.matrix[:, ~free] @ lower[~free]
-    mat = rows.matrix[:, free].tocsr()
-    row_lower, row_upper = rows.lower - shift, rows.upper - shift
-    low_holds, up_holds = implied_sides(mat, row_lower, row_upper, lower[free], upper[free])
-    keep = ~(low_holds & up_holds)
-    mat = mat[keep]
-    h = highspy.Highs()
-    for key, value in (("output_flag", False), ("threads", cfg.threads), ("random_seed", cfg.seed),
-                       ("solver", "ipm"), ("run_crossover", "off"), ("presolve", "off"),
-                       ("time_limit", max(remaining, 1.0))):
-        h.setOptionValue(key, value)
-    n = int(free.sum())
-    h.passModel(n, mat.shape[0], mat.nnz, int(highspy.MatrixFormat.kRowwise), int(highspy.ObjSense.kMinimize),
-                float(prog.cost[~free] @ lower[~free]), prog.cost[free], lower[free], upper[free],
-                np.where(low_holds, -np.inf, row_lower)[keep], np.where(up_holds, np.inf, row_upper)[keep],
-                mat.indptr.astype(np.int32), mat.indices.astype(np.int32), mat.data, np.zeros(n, np.int32))
+    face_rows, _ = without_implied(Rows("face", rows.matrix[:, free].tocsr(), rows.lower - shift, rows.upper - shift),
+                                   lower[free], upper[free])
+    h = highs_with(prog.cost[free], lower[free], upper[free], face_rows, offset=float(prog.cost[~free] @ lower[~free]),
+                   options=_options(cfg, solver="ipm", run_crossover="off", presolve="off",
+                                    time_limit=max(remaining, 1.0)))
     ran = time.perf_counter()
     h.run()
     seconds = time.perf_counter() - ran
