@@ -97,14 +97,19 @@ def main(argv: list[str] | None = None) -> None:
             solve_blocks(problems[::-1] if args.deep_first else problems, cfg, executor, progress=True, done=record)
     except SolveError as err:
         failed = str(err)
+        rows.update({row["block"]: row for row in err.details.get("failed", [])})
     total = time.perf_counter() - start
     save(failed=failed, solve_wall_s=total)
     print(f"\n{'block':7} {'layers':18} {'units':>7} {'unstable':>8} {'vars':>7} {'rows':>7} {'status':>14} "
           f"{'rounds':>6} {'build s':>8} {'solve s':>8} {'wall s':>8}")
     for p in problems:
         r = rows.get(p.name)
-        if r is None:
-            print(f"{p.name:7} {','.join(p.kept):18} {'failed (see below)':>60}")
+        if r is None or r["status"] == "failed":
+            r = r or {}
+            print(f"{p.name:7} {','.join(p.kept):18} {'':>7} {r.get('unstable_units') or '':>8} "
+                  f"{r.get('variables') or '':>7} {r.get('constraints') or '':>7} {'failed':>14} "
+                  f"{r.get('rounds') or 0:6d} {r.get('build_s') or 0:8.1f} {r.get('solve_s') or 0:8.1f} "
+                  f"{r.get('wall_s') or 0:8.1f}  (see below)")
             continue
         print(f"{r['block']:7} {','.join(r['layers']):18} {r['units']:7d} {r['unstable']:8d} {r['variables']:7d} "
               f"{r['constraints']:7d} {r['status']:>14} {r['rounds']:6d} {r['build_s']:8.1f} {r['solve_s']:8.1f} "

@@ -148,7 +148,9 @@ def _add_score(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", type=Path, default=Path("scores.json"), help="results file (default: scores.json)")
     group = parser.add_argument_group("decoupled scoring (one sub-MIP per block, a checkpoint with heads)")
     group.add_argument("--decoupled", action="store_true",
-                       help="score block by block with the checkpoint's auxiliary heads (`train --training decoupled`)")
+                       help="score block by block with the checkpoint's auxiliary heads (`train --training decoupled`); "
+                       "a block without a solution is written as status failed (with its size, rounds, time and peak "
+                       "memory) and the command exits with 1")
     group.add_argument("--blocks", type=block_list, help="score only these blocks, 1-based: '3,11,13' or '3-5' "
                        "(the tail is the last; default: all)")
     group.add_argument("--scheduler", help="Dask scheduler of the sub-MIPs: tcp://host:8786, or serial "
@@ -199,17 +201,23 @@ def _score_decoupled(args: argparse.Namespace, model: torch.nn.Sequential, meta:
     run = RunConfig(data=data_cfg, model=meta["model_config"], train=train_cfg, score=cfg)
     scores = decoupled_mip_scores(net, run, Store(args.results), meta["metrics"].get("training", "decoupled"),
                                   args.workers, progress=True, scheduler=args.scheduler, blocks=args.blocks,
-                                  correct_only=not args.any_images)
+                                  correct_only=not args.any_images, keep_failed=True)
     blocks = scores.provenance["blocks"]
+    failed = [b["block"] for b in blocks if b["status"] == "failed"]
     payload = {**scores.to_dict(), "checkpoint": str(args.checkpoint), "model": run.model.name,
-               "all_optimal": all(b["status"] == "optimal" for b in blocks), **_provenance({"score": cfg}, cfg.seed)}
+               "all_optimal": all(b["status"] == "optimal" for b in blocks), "failed_blocks": failed,
+               **_provenance({"score": cfg}, cfg.seed)}
     _write_json(args.out, payload)
+    show = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731 - a failed block's unknowns
     for b in blocks:
-        print(f"{b['block']:8} {','.join(b['layers']):22} {b['status']:14} gap {b['gap']}  rounds {b['rounds']:3}  "
-              f"vars {b['variables']:7}  rows {b['constraints']:7}  unstable {b['unstable_units']:6}  "
-              f"solve {b['solve_s']:8.1f} s  wall {b['wall_s']:8.1f} s  peak {b['peak_rss_gb'] or 0:.1f} GB")
-    print(f"{len(blocks)} blocks, {'all' if payload['all_optimal'] else 'NOT all'} optimal  ({args.out})")
-    return 0
+        print(f"{b['block']:8} {','.join(b['layers']):22} {b['status']:14} gap {b['gap']}  "
+              f"rounds {show(b['rounds'], '3')}  vars {show(b['variables'], '7')}  rows {show(b['constraints'], '7')}  "
+              f"nonzeros {show(b['nonzeros'], '9')}  unstable {show(b['unstable_units'], '6')}  "
+              f"solve {show(b['solve_s'], '8.1f')} s  wall {show(b['wall_s'], '8.1f')} s  "
+              f"peak {show(b['peak_rss_gb'], '.1f')} GB" + (f"  ({b['error']})" if b["status"] == "failed" else ""))
+    print(f"{len(blocks)} blocks, {'all' if payload['all_optimal'] else 'NOT all'} optimal"
+          + (f", {len(failed)} failed (no scores: {', '.join(failed)})" if failed else "") + f"  ({args.out})")
+    return 1 if failed else 0
 
 
 def _add_prune(subparsers: argparse._SubParsersAction) -> None:

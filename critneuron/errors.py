@@ -24,4 +24,11 @@ class CheckpointError(CritneuronError, ValueError):
 
 
 class SolveError(CritneuronError, RuntimeError):
-    """The solver ended without any usable solution (infeasible, or timed out with no incumbent)."""
+    """The solver ended without any usable solution (infeasible, or timed out with no incumbent).
+
+    `details`: what is known of the failed solve, JSON-able (solver status, rounds, model sizes,
+    seconds; callers add what they know, e.g. the block, its wall time and peak memory)."""
+
+    def __init__(self, message: str, details: dict | None = None):
+        super().__init__(message)
+        self.details = dict(details or {})

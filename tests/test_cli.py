@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from critneuron import cli
-from critneuron.errors import CheckpointError
+from critneuron.errors import CheckpointError, SolveError
 from critneuron.experiments.store import Store
+from critneuron.mip import scores as scores_module
 from critneuron.pruning.masks import Masks
 from critneuron.nets.train import load_checkpoint
 
@@ -93,10 +94,11 @@ def test_a_damaged_checkpoint_is_a_checkpoint_error(fc3_checkpoint: Path, tmp_pa
         load_checkpoint(tmp_path / "damaged.pt")
 
 
-def test_decoupled_train_and_score_by_blocks(shared_data_root: Path, tmp_path: Path,
-                                             capsys: pytest.CaptureFixture) -> None:
+def test_decoupled_train_and_score_by_blocks(shared_data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """`train --training decoupled` keeps the heads in the checkpoint; `score --decoupled --blocks`
-    scores only those blocks, stores each as it finishes and reuses it on a rerun."""
+    scores only those blocks, stores each as it finishes and reuses it on a rerun; a block without
+    a solution is written and printed as failed (sizes, time, memory), and the command exits 1."""
     out, results, scores_file = tmp_path / "lenet", tmp_path / "results", tmp_path / "scores.json"
     assert cli.main(["train", "--model", "lenet5", "--dataset", "mnist", "--data-root", str(shared_data_root),
                      "--subset", "2000", "--test-subset", "500", "--epochs", "1", "--training", "decoupled",
@@ -113,6 +115,23 @@ def test_decoupled_train_and_score_by_blocks(shared_data_root: Path, tmp_path: P
     assert "1 blocks, all optimal" in capsys.readouterr().out
     assert cli.main(argv) == 0 and len(Store(results).ls("score")) == 1  # the stored block is reused
     assert json.loads(scores_file.read_text())["layers"] == first["layers"]
+
+    def no_solution(form, cfg):  # the first block's solve ends without a point (as a time-out would)
+        raise SolveError("HiGHS ended with status maxTimeLimit and no feasible solution",
+                         {"solver_status": "maxTimeLimit", "rounds": 0, "solve_s": 1.0, **form.sizes()})
+
+    monkeypatch.setattr(scores_module, "solve", no_solution)
+    argv[argv.index("2")] = "1,2"
+    assert cli.main(argv) == 1
+    out = json.loads(scores_file.read_text())
+    failed, tail = out["provenance"]["blocks"]
+    assert failed["status"] == "failed" and failed["solver_status"] == "maxTimeLimit" and not out["all_optimal"]
+    assert failed["variables"] > 0 and failed["nonzeros"] > 0 and failed["unstable_units"] >= 0
+    assert failed["wall_s"] > 0 and failed["peak_rss_gb"] > 0 and "no feasible solution" in failed["error"]
+    assert tail == first["provenance"]["blocks"][0] and out["failed_blocks"] == [failed["block"]]
+    assert out["layers"] == first["layers"]  # the failed block has no scores
+    printed = capsys.readouterr().out
+    assert f"{failed['block']:8} " in printed and "2 blocks, NOT all optimal, 1 failed" in printed
 
 
 def test_decoupled_scoring_needs_heads(fc3_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:

@@ -246,7 +246,8 @@ def test_formulation_sizes_hand_counted():
     # rows whose both sides the column bounds imply are left out (here: ReLU rows)
     assert 0 < form.program.n_implied < relu_rows
     rows -= form.program.n_implied
-    assert form.sizes() == {"variables": n_vars, "binaries": 0, "constraints": rows}
+    assert form.sizes() == {"variables": n_vars, "binaries": 0, "constraints": rows,
+                            "nonzeros": form.program.matrix().matrix.nnz}
 
     assert sum(1 for _ in form.model.component_data_objects(pe.Var)) == n_vars
     assert sum(1 for _ in form.model.component_data_objects(pe.Constraint)) == rows

@@ -17,7 +17,7 @@ from torch import nn
 
 from critneuron.catalog import dataset_record
 from critneuron.config import RunConfig, paper_train_config, to_dict
-from critneuron.errors import ConfigError
+from critneuron.errors import ConfigError, SolveError
 from critneuron.experiments.runs import (
     SCORING, TRAIN_CODE, TRAIN_THREADS, TRAINING_MODULES, checkpoint_output, mip_scores, score_inputs, train_config, train_inputs, trained_model,
     weights_hash,
@@ -147,9 +147,11 @@ def block_executor(scheduler: str | None, workers: int) -> Iterator[Executor | N
 def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training: str, workers: int = 1,
                          progress: bool = False, batches: list[tuple] | None = None, *,
                          scheduler: str | None = None, blocks: Sequence[int] | None = None,
-                         correct_only: bool = True) -> Scores:
+                         correct_only: bool = True, keep_failed: bool = False) -> Scores:
     """Scores of every block's sub-MIP (each solved once per key, stored as it finishes, so a
-    killed run resumes), combined.
+    killed run resumes), combined. A block without a solution raises `SolveError` (after the
+    others are stored), or with `keep_failed` stays in the blocks' rows as status "failed" (its
+    error, sizes, time and memory; `mip.blocks.failure_row`) with no scores.
 
     `batches`: one (x, y, indices) per block; default `mip.blocks.block_batches` (each block's
     batch chosen by its own head's correctness; `correct_only=False`: any images of each class).
@@ -176,11 +178,17 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
         config, inputs = entries[problem.name]
         store.write("score", keys[problem.name], config, scores.to_dict(), inputs=inputs, code=code)
 
+    failed: dict[str, dict] = {}
     if todo:
-        with block_executor(scheduler, workers) as executor:
-            solve_blocks(todo, cfg.score, executor, progress=progress, done=save)
-    stored = [Scores.from_dict(store.read("score", keys[p.name])["result"]) for p in problems]
-    return combine(stored, training)
+        try:
+            with block_executor(scheduler, workers) as executor:
+                solve_blocks(todo, cfg.score, executor, progress=progress, done=save)
+        except SolveError as err:
+            if not keep_failed:
+                raise
+            failed = {row["block"]: row for row in err.details.get("failed", [])}
+    return combine([failed.get(p.name) or Scores.from_dict(store.read("score", keys[p.name])["result"])
+                    for p in problems], training)
 
 
 def decoupled_run(cfg: RunConfig, store: Store | None = None, training: str = "decoupled", workers: int = 1,

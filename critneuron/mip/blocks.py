@@ -80,7 +80,11 @@ def solve_block(problem: BlockProblem, cfg: ScoreConfig) -> Scores:
     resident memory of the process while it solved."""
     start = time.perf_counter()
     with peak_memory() as peak:
-        full = score(problem.sub_model, problem.x, problem.y, cfg, problem.batch_indices, problem.input_box)
+        try:
+            full = score(problem.sub_model, problem.x, problem.y, cfg, problem.batch_indices, problem.input_box)
+        except SolveError as err:
+            err.details.update(wall_s=time.perf_counter() - start, peak_rss_gb=peak["gb"])
+            raise
     prov = {**full.provenance, "block": problem.name, "kept_layers": problem.kept,
             "dropped_layers": [n for n in full.layers if n not in problem.kept],
             "wall_seconds": time.perf_counter() - start, "peak_rss_gb": peak["gb"]}
@@ -119,10 +123,12 @@ def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, executor: Execu
     `get_executor()`, see `experiments.cluster`) all at once; results in block order.
 
     `done(problem, scores)` is called as each one finishes (e.g. to store it), so a failure in
-    one block loses none of the others; failures are raised together at the end as `SolveError`.
+    one block loses none of the others; failures are raised together at the end as `SolveError`,
+    whose `details["failed"]` has one `failure_row` per failed block.
     """
     results: dict[int, Scores] = {}
     errors: dict[str, str] = {}
+    failed: dict[int, dict] = {}
     bar = tqdm(total=len(problems), desc="sub-MIPs", unit="block", disable=not progress)
 
     def finish(i: int, outcome: Callable[[], Scores]) -> None:
@@ -130,8 +136,10 @@ def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, executor: Execu
             results[i] = outcome()
         except CritneuronError as err:
             errors[problems[i].name] = str(err)
+            failed[i] = failure_row(problems[i], str(err), getattr(err, "details", {}))
         except Exception as err:  # a worker that died (memory?) or was lost: the other blocks go on
             errors[problems[i].name] = f"its worker failed ({type(err).__name__}: {err}); out of memory? try fewer workers"
+            failed[i] = failure_row(problems[i], errors[problems[i].name], {})
         else:
             report = results[i].provenance["solver"]
             bar.set_postfix_str(f"{problems[i].name}: {report['status']} in {results[i].provenance['wall_seconds']:.1f} s")
@@ -150,26 +158,46 @@ def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, executor: Execu
             finish(futures[future], lambda f=future: Scores.from_dict(f.result()))
     bar.close()
     if errors:
-        raise SolveError("sub-MIPs failed: " + "; ".join(f"{name}: {msg}" for name, msg in errors.items()))
+        raise SolveError("sub-MIPs failed: " + "; ".join(f"{name}: {msg}" for name, msg in errors.items()),
+                         {"failed": [failed[i] for i in sorted(failed)]})
     return [results[i] for i in range(len(problems))]
 
 
-def combine(block_scores: list[Scores], training: str) -> Scores:
+def failure_row(problem: BlockProblem, error: str, details: dict) -> dict:
+    """The per-block row (as in `combine`) of a block that has no solution: status "failed", the
+    error, and what is known of the solve (solver status, rounds, sizes, time, peak memory)."""
+    return {"block": problem.name, "layers": problem.kept, "status": "failed", "error": error,
+            "gap": None, "objective": None, "solver_status": details.get("solver_status"),
+            "rounds": details.get("rounds"), "variables": details.get("variables"),
+            "constraints": details.get("constraints"), "nonzeros": details.get("nonzeros"),
+            "binaries": details.get("binaries"), "unstable_units": details.get("unstable_units"),
+            "bounds_s": details.get("bounds_s"), "build_s": details.get("build_s"), "solve_s": details.get("solve_s"),
+            "wall_s": details.get("wall_s"), "peak_rss_gb": details.get("peak_rss_gb"),
+            "batch_indices": problem.batch_indices}
+
+
+def combine(block_scores: list[Scores | dict], training: str) -> Scores:
     """One `Scores` for the whole network from the blocks' kept scores; provenance has one row
-    per block (status, gap, times, unstable units, self-check) and how the network was trained."""
+    per block (status, gap, times, unstable units, self-check) and how the network was trained.
+    A block given as a `failure_row` keeps its row and adds no scores."""
     layers, rows = {}, []
     for s in block_scores:
+        if isinstance(s, dict):
+            rows.append(s)
+            continue
         layers.update(s.layers)
         prov = s.provenance
         solver = prov["solver"]
         rows.append({"block": prov["block"], "layers": prov["kept_layers"], "dropped": prov["dropped_layers"],
                      "status": solver["status"], "gap": solver["gap"], "rounds": solver["rounds"],
                      "objective": solver["objective"], "variables": solver["n_variables"],
-                     "constraints": solver["n_constraints"], "binaries": solver["n_binaries"],
+                     "constraints": solver["n_constraints"], "nonzeros": solver.get("n_nonzeros"),
+                     "binaries": solver["n_binaries"],
                      "bounds_s": prov["seconds"]["bounds"], "build_s": prov["seconds"]["build"],
                      "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"],
                      "peak_rss_gb": prov.get("peak_rss_gb"),
                      "unstable_units": prov["unstable_units"], "selfcheck_error": prov["selfcheck_error"],
                      "batch_indices": prov["batch_indices"], "input_box": prov["input_box"]})
-    provenance = {"training": training, "blocks": rows, "config": block_scores[0].provenance["config"]}
+    solved = [s for s in block_scores if not isinstance(s, dict)]
+    provenance = {"training": training, "blocks": rows, "config": solved[0].provenance["config"] if solved else None}
     return Scores(layers, "mip-decoupled", provenance)

@@ -133,9 +133,9 @@ class Formulation:
         return float(self.program.cost @ self.values)
 
     def sizes(self) -> dict[str, int]:
-        """Variables, binaries and constraints of the model as it is now."""
+        """Variables, binaries, constraints and their nonzeros of the model as it is now."""
         return {"variables": self.program.n_cols, "binaries": int(self.program.integer.sum()),
-                "constraints": self.program.n_rows}
+                "constraints": self.program.n_rows, "nonzeros": sum(r.matrix.nnz for r in self.program.rows)}
 
     def score_values(self) -> dict[str, np.ndarray]:
         """Current values of the score variables, clipped to [0, 1]."""

@@ -17,6 +17,7 @@ from torch import nn
 
 from critneuron.mip.bounds import Bounds, interval_bounds, shift_scale
 from critneuron.config import ScoreConfig, to_dict
+from critneuron.errors import SolveError
 from critneuron.mip.formulation import build_formulation
 from critneuron.mip.solve import solve
 from critneuron.mip.spec import AffineSpec, NetworkSpec, network_spec
@@ -111,7 +112,12 @@ def score(model: nn.Sequential, x, y, cfg: ScoreConfig | None = None,
     t0 = time.perf_counter()
     form = build_formulation(spec, bounds, x, y, cfg)
     times["build"] = time.perf_counter() - t0
-    report = solve(form, cfg)
+    try:
+        report = solve(form, cfg)
+    except SolveError as err:
+        err.details.update(unstable_units=sum(c["unstable"] for c in form.relu_counts.values()),
+                           bounds_s=times["bounds"], build_s=times["build"])
+        raise
     times["solve"] = report.solve_seconds
     values = form.score_values()
     torch_logits = _torch_logits_with_shifts(model, x, _shifts(spec, bounds, values))

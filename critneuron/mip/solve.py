@@ -62,6 +62,7 @@ class SolveReport:
     handover_seconds: float = 0.0
     highs_seconds: float = 0.0
     final_point: str = "vertex"
+    n_nonzeros: int = 0
 
     def to_dict(self) -> dict:
         """Plain JSON-able form."""
@@ -413,10 +414,12 @@ def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: 
             out = {**previous, "status": "maxTimeLimit"}
             break
         if not out["feasible"]:
-            sizes = form.sizes()
+            sizes, seconds = form.sizes(), time.perf_counter() - start
             raise SolveError(f"HiGHS ({engine.name}) ended with status {out['status']} and no feasible "
-                             f"solution in round {len(history) + 1} after {time.perf_counter() - start:.1f}s "
-                             f"(model: {sizes['variables']} variables, {sizes['constraints']} constraints)")
+                             f"solution in round {len(history) + 1} after {seconds:.1f}s "
+                             f"(model: {sizes['variables']} variables, {sizes['constraints']} constraints, "
+                             f"{sizes['nonzeros']} nonzeros)",
+                             {"solver_status": out["status"], "rounds": len(history), "solve_s": seconds, **sizes})
         gaps = form.lse_gaps() if cfg.loss == "ce" else np.zeros(1)
         lse_gap = float(np.max(gaps))
         history.append({"round": len(history) + 1, "phase": phase, "objective": out["objective"],
@@ -437,7 +440,7 @@ def _ipm_first(form: Formulation, cfg: ScoreConfig) -> bool:
     simplex from the warm start's basis crawls (full-width VGG-16 block 3, 3.5 M nonzeros: some
     2,000 dual simplex iterations in 75 s, far from optimal; interior point and crossover: 62 s)."""
     if cfg.first_lp == "auto":
-        return sum(r.matrix.nnz for r in form.program.rows) >= _IPM_FIRST_NONZEROS
+        return form.sizes()["nonzeros"] >= _IPM_FIRST_NONZEROS
     return cfg.first_lp == "ipm"
 
 
@@ -450,4 +453,5 @@ def _report(engine, form, cfg, out, history, lse_gap, seconds, final_point: str)
     rounds = sum(h["phase"] != "interior" for h in history)
     return SolveReport(engine.name, solver_version(cfg), out["status"], float(obj), bound, gap, rounds,
                        lse_gap, form.n_cuts, seconds, sizes["variables"], sizes["constraints"],
-                       sizes["binaries"], history, engine.handover_seconds, engine.highs_seconds, final_point)
+                       sizes["binaries"], history, engine.handover_seconds, engine.highs_seconds, final_point,
+                       sizes["nonzeros"])
