@@ -119,6 +119,27 @@ def test_lifted_lse_matches_the_aggregated_cut_in_fewer_rounds(case):
     assert reports["lifted"].rounds <= reports["tangent"].rounds
 
 
+@pytest.mark.parametrize("case", ["fc3", "lenet5"])
+def test_kelley_loop_closes_a_gap_the_lifted_cuts_alone_cannot(case):
+    """At kelley_tol 1e-7 the lifted cuts' violations fall under HiGHS's feasibility tolerance and
+    the LP stops moving; the aggregated cut added from then on closes the gap, to the aggregated
+    form's optimum."""
+    reports = {}
+    for lse in ("lifted", "tangent"):
+        form, cfg = _formulation(case, "relaxed", lse=lse, kelley_tol=1e-7, final_point="vertex")
+        reports[lse] = solve(form, cfg)
+        assert reports[lse].status == "optimal" and reports[lse].lse_gap <= 1e-7
+    assert reports["lifted"].objective == pytest.approx(reports["tangent"].objective, rel=1e-7)
+
+
+def test_kelley_loop_stops_as_stalled_below_what_the_lp_resolves():
+    """fc3 here cannot get its LSE gap under 1e-10 (the LP's tolerances): the loop stops, labelled
+    `stalled`, when the point stops moving with the aggregated cuts too, not after max_rounds."""
+    form, cfg = _formulation("fc3", "relaxed", kelley_tol=1e-10, final_point="vertex")
+    report = solve(form, cfg)
+    assert report.status == "stalled" and report.lse_gap > cfg.kelley_tol and report.rounds < 30
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_warm_start_is_feasible_for_the_program(case):
     """s = 1 and the observed activations satisfy every row and bound (so HiGHS accepts it as the

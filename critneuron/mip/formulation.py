@@ -94,7 +94,7 @@ class Formulation:
         self.model  # noqa: B018 - builds the model on first use
         return self._pyomo.variables
 
-    def add_lse_cuts(self, values: np.ndarray, samples: list[int]) -> Rows:
+    def add_lse_cuts(self, values: np.ndarray, samples: list[int], aggregated: bool = False) -> Rows:
         """Cuts for the samples' log-sum-exp at the point `values` (all columns); returns the
         chunk, which is also appended to the program.
 
@@ -102,13 +102,22 @@ class Formulation:
         w = ζ_k − LSE(ζ), the point moved onto Σ_k exp = 1 (t_b := LSE). A point with t_b below
         its LSE by δ > 0 violates at least one of them (their right-hand sides sum to 1 + δ).
         Tangent form: t_b ≥ LSE(ζ) + softmax(ζ)ᵀ(ẑ_b − ζ). ζ: the point's logits ẑ_b.
+        `aggregated`: in the lifted form, the tangent-form cut too. It is the lifted cuts summed
+        with weights softmax(ζ), so it cuts off nothing more in exact arithmetic; but it is violated
+        by the whole δ where each lifted cut is violated by a share of it, which can fall under the
+        LP solver's feasibility tolerance (the loop then stalls; see `solve._kelley`).
         """
         zeta = values[self.logits[samples]]
+        tangents = (_tangent_cuts(self.logits[samples], self.loss_epigraph[samples], zeta, self.program.n_cols)
+                    if self.lse == "tangent" or aggregated else None)
         if self.lse == "tangent":
-            rows = _tangent_cuts(self.logits[samples], self.loss_epigraph[samples], zeta, self.program.n_cols)
+            rows = tangents
         else:
             lse = np.array([logsumexp(z) for z in zeta])
             rows = _exp_cuts(self, samples, zeta - lse[:, None])
+            if tangents is not None:
+                rows = Rows(rows.group, sp.vstack([rows.matrix, tangents.matrix], format="csr"),
+                            np.concatenate([rows.lower, tangents.lower]), np.concatenate([rows.upper, tangents.upper]))
         self.program.rows.append(rows)
         self.n_cuts += rows.matrix.shape[0]
         return rows

@@ -33,6 +33,8 @@ _LOST = {_MS.kUnknown, _MS.kSolveError, _MS.kPostsolveError}
 _IPM_FIRST_NONZEROS = 1_000_000
 # A reduced cost above this (in magnitude) counts as nonzero: its score is pinned at its bound.
 _PINNED = 1e-7
+# Kelley rounds whose per-sample LSE gaps agree to this (relative) found the same point.
+_STALLED = 1e-9
 _STOPPED_WITH_POINT = {"optimal", "maxTimeLimit", "maxIterations", "objectiveLimit", "interrupted"}
 
 
@@ -40,7 +42,9 @@ _STOPPED_WITH_POINT = {"optimal", "maxTimeLimit", "maxIterations", "objectiveLim
 class SolveReport:
     """What happened in a solve; JSON-able through `to_dict`.
 
-    `handover_seconds`: time spent getting the model, cuts, starts and solutions between the
+    `status`: HiGHS's ("optimal", "maxTimeLimit", ...), or the Kelley loop's when the LSE gap is
+    still open: "maxIterations" (rounds exhausted) or "stalled" (the LP point stopped moving; see
+    `_kelley`). `handover_seconds`: time spent getting the model, cuts, starts and solutions between the
     formulation and HiGHS; `highs_seconds`: inside HiGHS's `run`. `final_point`: "vertex" (the
     simplex optimum) or "interior" (`ScoreConfig.final_point`); `rounds` counts Kelley rounds.
     """
@@ -392,8 +396,14 @@ def _face(form: Formulation, reduced_costs: np.ndarray, cfg: ScoreConfig, remain
 
 def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: list[dict],
             phase: str) -> tuple[dict, float]:
-    """Solve and add cuts at the solution until the LSE gap closes; appends to `history`."""
-    out, lse_gap, first = {}, float("inf"), True
+    """Solve and add cuts at the solution until the LSE gap closes; appends to `history`.
+
+    A round whose LSE gaps equal the previous round's (to `_STALLED` relative) found the same
+    point: its cuts were violated by less than HiGHS's feasibility tolerance, as the lifted
+    form's per-exponential cuts are when the gap is a few 1e-7. From then on each round adds the
+    aggregated tangent cut too (`Formulation.add_lse_cuts`); if the loop stalls with it as well,
+    the gap left is below what the LP resolves, and the loop stops with status "stalled"."""
+    out, lse_gap, first, last_gaps, aggregated = {}, float("inf"), True, None, False
     while len(history) < cfg.max_rounds:
         remaining = cfg.time_limit - (time.perf_counter() - start)
         # A start on a phase's first round (s = 1, observed activations) and on every MIP round
@@ -429,7 +439,13 @@ def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: 
         if time.perf_counter() - start >= cfg.time_limit:  # cut short: t is still below the LSE
             out = {**out, "status": "maxTimeLimit"}
             break
-        engine.add_rows(form.add_lse_cuts(form.values, [b for b, g in enumerate(gaps) if g > cfg.kelley_tol]))
+        stalled = last_gaps is not None and np.allclose(gaps, last_gaps, rtol=_STALLED, atol=0.0)
+        if stalled and (aggregated or form.lse == "tangent"):
+            out = {**out, "status": "stalled"}
+            break
+        aggregated, last_gaps = aggregated or stalled, gaps
+        engine.add_rows(form.add_lse_cuts(form.values, [b for b, g in enumerate(gaps) if g > cfg.kelley_tol],
+                                          aggregated))
     if lse_gap > cfg.kelley_tol and out.get("status") == "optimal":  # rounds exhausted
         out = {**out, "status": "maxIterations"}
     return out, lse_gap
