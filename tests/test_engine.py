@@ -367,3 +367,11 @@ def test_a_layer_input_made_columns_keeps_the_optimum_with_fewer_nonzeros(monkey
     assert on_nnz < off_nnz
     assert on.status == off.status == "optimal"
     assert on.objective == pytest.approx(off.objective, rel=1e-6)
+
+
+def test_solves_with_another_thread_count_follow_in_one_process():
+    """HiGHS keeps one thread scheduler per process, started with the first run's thread count;
+    a config with another `threads` still solves (it ended with status "Not Set" before)."""
+    for threads in (1, 2, 1):
+        form, cfg = _formulation("tiny_fc", "relaxed", threads=threads)
+        assert solve(form, cfg).status == "optimal"

@@ -91,10 +91,20 @@ def _options(cfg: ScoreConfig, **extra) -> dict:
     return {"output_flag": False, "threads": cfg.threads, "random_seed": cfg.seed, **extra}
 
 
+_scheduler_threads: list[int] = []  # the thread count HiGHS's process-wide scheduler was started with
+
+
 def highs_with(cost: np.ndarray, col_lower: np.ndarray, col_upper: np.ndarray, rows: Rows,
                integer: np.ndarray | None = None, offset: float = 0.0, options: dict | None = None) -> highspy.Highs:
     """A `highspy.Highs` holding min cost·x + offset s.t. rows, col_lower ≤ x ≤ col_upper (x_j
     integer where `integer`), with `options` set (default: silent)."""
+    threads = (options or {}).get("threads")
+    if threads is not None and _scheduler_threads and _scheduler_threads[0] != threads:
+        # HiGHS keeps one thread scheduler per process and refuses (status "Not Set") a run that
+        # asks for another thread count; restart it, so configs with other `threads` can follow.
+        highspy.Highs.resetGlobalScheduler(True)
+    if threads is not None:
+        _scheduler_threads[:] = [threads]
     h = highspy.Highs()
     for key, value in (options or {"output_flag": False}).items():
         h.setOptionValue(key, value)
