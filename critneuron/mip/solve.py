@@ -36,6 +36,7 @@ _PINNED = 1e-7
 # Kelley rounds whose per-sample LSE gaps agree to this (relative) found the same point.
 _STALLED = 1e-9
 _STOPPED_WITH_POINT = {"optimal", "maxTimeLimit", "maxIterations", "objectiveLimit", "interrupted"}
+_scheduler_threads: list[int] = []  # the thread count HiGHS's process-wide scheduler was started with
 
 
 @dataclass
@@ -89,9 +90,6 @@ def solver_version(cfg: ScoreConfig) -> str:  # noqa: ARG001 - one solver today;
 def _options(cfg: ScoreConfig, **extra) -> dict:
     """HiGHS options of every solve of `cfg` (silent, its threads and seed), plus `extra`."""
     return {"output_flag": False, "threads": cfg.threads, "random_seed": cfg.seed, **extra}
-
-
-_scheduler_threads: list[int] = []  # the thread count HiGHS's process-wide scheduler was started with
 
 
 def highs_with(cost: np.ndarray, col_lower: np.ndarray, col_upper: np.ndarray, rows: Rows,
