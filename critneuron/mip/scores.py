@@ -112,11 +112,11 @@ def score(model: nn.Sequential, x, y, cfg: ScoreConfig | None = None,
     t0 = time.perf_counter()
     form = build_formulation(spec, bounds, x, y, cfg)
     times["build"] = time.perf_counter() - t0
+    unstable = sum(c["unstable"] for c in form.relu_counts.values())
     try:
         report = solve(form, cfg)
     except SolveError as err:
-        err.details.update(unstable_units=sum(c["unstable"] for c in form.relu_counts.values()),
-                           bounds_s=times["bounds"], build_s=times["build"])
+        err.details.update(unstable_units=unstable, bounds_s=times["bounds"], build_s=times["build"])
         raise
     times["solve"] = report.solve_seconds
     values = form.score_values()
@@ -130,7 +130,7 @@ def score(model: nn.Sequential, x, y, cfg: ScoreConfig | None = None,
         "solver": report.to_dict(),
         "seconds": times,
         "relu": form.relu_counts,
-        "unstable_units": sum(c["unstable"] for c in form.relu_counts.values()),
+        "unstable_units": unstable,
         "selfcheck_error": error,
         "selfcheck_passed": error <= cfg.selfcheck_tol,
         "batch_indices": None if batch_indices is None else [int(i) for i in batch_indices],
