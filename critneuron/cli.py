@@ -35,6 +35,7 @@ from critneuron.experiments.runs import score_inputs, trained_checkpoint, weight
 from critneuron.experiments.store import Store
 from critneuron.experiments.whole import evaluate_masks, score_columns
 from critneuron.machinery.book import build_book
+from critneuron.machinery.bookplan import book_plan, format_plan
 from critneuron.machinery.options import add_config_args, config_from_args
 from critneuron.machinery.sweep import add_arguments as add_sweep_arguments
 from critneuron.machinery.sweep import run_from_args as run_sweep_from_args
@@ -282,10 +283,16 @@ def _add_book(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--book-dir", type=Path, default=Path("book"), help="the book folder (default: book)")
     parser.add_argument("--notebooks-dir", type=Path, default=Path("notebooks"),
                         help="the notebooks folder (default: notebooks)")
+    parser.add_argument("--plan", action="store_true",
+                        help="build nothing: list every chapter's stages, fresh, stale or missing in the result "
+                        "store, and the estimated CPU time of what is not fresh (rates: benchmarks/rates.json)")
     parser.set_defaults(run=_run_book)
 
 
 def _run_book(args: argparse.Namespace) -> int:
+    if args.plan:
+        print(format_plan(book_plan(args.profile, args.notebooks_dir, only=args.only)))
+        return 0
     start = time.perf_counter()
     index = build_book(args.profile, notebooks_dir=args.notebooks_dir, book_dir=args.book_dir,
                        only=args.only, timeout=args.timeout)

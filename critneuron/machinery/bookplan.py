@@ -1,0 +1,160 @@
+"""The compute plan of a book profile: every chapter's stages (`machinery.plan`), built from the
+profile's parameters by the same functions as the notebooks' runs (`machinery.chapters`), and
+its text report (`critneuron book --profile NAME --plan`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Callable
+
+from critneuron.catalog import model_record
+from critneuron.config import RunConfig, from_dict, paper_train_config, to_dict
+from critneuron.experiments.budget import METHODS, RANDOM_SEEDS
+from critneuron.experiments.store import Store, versions
+from critneuron.experiments.transfer import at_init_settings, at_init_source, transfer_plan
+from critneuron.machinery import chapters
+from critneuron.machinery.book import list_notebooks, load_profile, select_notebooks
+from critneuron.machinery.plan import Planner, Stage, split_sizes, totals
+from critneuron.machinery.rates import Rates
+from critneuron.machinery.sweepfile import expand, parse_sweep
+
+
+def _prune_rows(p: Planner, chapter: str, sweep: dict[str, Any]) -> list[dict]:
+    """A chapter sweep's pruning rows (kind "prune"), each with its training and score; the configs."""
+    parsed = parse_sweep(chapters.sweep_file(sweep))
+    configs = expand(parsed)
+    for config in configs:
+        cfg = from_dict(RunConfig, config)
+        metrics, fresh = p.train(chapter, cfg)
+        p.score(chapter, cfg, metrics, fresh)
+        key = p.store.key(parsed.kind, config, **versions())
+        status = ("fresh" if p.store.is_fresh(parsed.kind, key, parsed.code) else
+                  "stale" if p.store.is_complete(parsed.kind, key) else "missing")
+        p.evaluation(chapter, cfg, "prune row", status, ("prune", key),
+                     f" λ={cfg.score.lambda_:g} τ={cfg.prune.resolve(cfg.model.name, cfg.data.dataset)}"
+                     f" B={cfg.score.batch_size} batch seed {cfg.score.seed}")
+    return configs
+
+
+def _formulation(p: Planner, chapter: str, params: dict) -> None:
+    run, score_cfg = chapters.formulation_run(**params)
+    p.train(chapter, run)
+    for mode in params["modes"]:  # score() called directly: solved at every build
+        p.add(chapter, ("solve", chapter, mode), kind="solve", what=f"{run.model.name} {run.data.dataset} {mode}",
+              status="every build", estimate=p.rates.solve_seconds(run.model.name, 1.0, "whole", mode,
+                                                                   score_cfg.time_limit))
+
+
+def _pruning(p: Planner, chapter: str, params: dict) -> None:
+    configs = _prune_rows(p, chapter, chapters.pruning_sweep(**params))
+    for config in configs:  # the vertex scores of the vertex/interior comparison (`whole.vertex_interior`)
+        cfg = from_dict(RunConfig, config)
+        metrics, fresh = p.train(chapter, cfg)
+        p.score(chapter, dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, final_point="vertex")),
+                metrics, fresh, label=" vertex")
+    evaluated = len(params["budget_taus"]) * (len(METHODS) + len(RANDOM_SEEDS) - 1)
+    for cfg in chapters.budget_configs(configs, params["budget_runs"]):
+        metrics, fresh = p.train(chapter, cfg)
+        config = {**to_dict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=None))),
+                  "taus": [float(t) for t in params["budget_taus"]], "random_seeds": list(RANDOM_SEEDS)}
+        found = p.index.matches("budget", config, weights=metrics["weights_hash"]) if metrics else []
+        status = ("fresh" if fresh and any(ok for _i, ok in found) else "stale" if found else "missing")
+        estimate = p.rates.training_seconds(cfg.model.name, cfg.model.width, False, "end-to-end", 0, 0, 0,
+                                            evaluated * split_sizes(cfg.data)["test"])
+        p.add(chapter, ("budget", str(config)), kind="budget", what=f"{cfg.model.name} {cfg.data.dataset} seed "
+              f"{cfg.train.seed}: {evaluated} masks × test set", status=status, estimate=estimate)
+
+
+def _decoupled(p: Planner, chapter: str, params: dict) -> None:
+    configs = chapters.decoupled_configs(**params)
+    for cfg, training in configs:
+        metrics, fresh = p.train(chapter, cfg, training)
+        if training == "end-to-end":
+            head_cfg = paper_train_config(cfg.model.name, cfg.data.dataset, cfg.train.epochs, cfg.train.seed)
+            p.heads(chapter, cfg, head_cfg, metrics, fresh)
+        p.blocks(chapter, cfg, metrics, fresh)
+        p.evaluation(chapter, cfg, "evaluate", "every build", ("evaluate", chapter, str(cfg), training))
+    cfg = chapters.compared_config(configs, params["compare"])
+    metrics, fresh = p.train(chapter, cfg, "decoupled")
+    inputs, status = p.score(chapter, cfg, metrics, fresh, label=" (whole MIP of the decoupled net)")
+    p.blocks(chapter, cfg, metrics, fresh and status == "fresh",
+             batch_indices=inputs["batch_indices"] if inputs else None)
+
+
+def _transfer(p: Planner, chapter: str, params: dict) -> None:
+    base = chapters.transfer_base(**params)
+    for source, target in chapters.transfer_sources(base, **params):
+        fresh = p.source(chapter, source)
+        plan = transfer_plan(source, [target], params["epochs"])[target]
+        p.retrain(chapter, source, dataclasses.replace(source.data, dataset=target), plan["retrain"], fresh)
+        p.train(chapter, plan["reference"], model_record(source.model.name).training)
+    if params["at_init"] is None:
+        return
+    settings = at_init_settings(**params["at_init"])
+    for seed in settings["seeds"]:
+        source = at_init_source(base, seed, settings)
+        metrics, fresh = p.train(chapter, source)
+        _inputs, status = p.score(chapter, source, metrics, fresh, label=" at init")
+        for target, plan in transfer_plan(source, settings["targets"], settings["epochs"], at_init=True).items():
+            p.retrain(chapter, source, dataclasses.replace(source.data, dataset=target), plan["retrain"],
+                      fresh and status == "fresh")
+            p.train(chapter, plan["reference"])
+
+
+def _sensitivity(p: Planner, chapter: str, params: dict) -> None:
+    for sweep in chapters.sensitivity_sweeps(**params).values():
+        _prune_rows(p, chapter, sweep)
+
+
+CHAPTERS: dict[str, Callable[[Planner, str, dict], None]] = {
+    "01_formulation": _formulation, "02_pruning": _pruning, "03_decoupled": _decoupled,
+    "04_generalization": _transfer, "05_sensitivity": _sensitivity,
+}
+
+
+def book_plan(profile: str | Path, notebooks_dir: Path = Path("notebooks"), rates: Rates | None = None,
+              store: Store | None = None, only: list[str] | None = None) -> list[Stage]:
+    """Every stage of the profile's chapters (`only`: names as `critneuron book --only` takes them), against `store`
+    (default: each chapter's `results_dir`, relative to `notebooks_dir` as the notebooks run)."""
+    loaded = load_profile(profile, notebooks_dir)
+    only = [nb.stem for nb in select_notebooks(list_notebooks(notebooks_dir), only)] if only else None
+    rates = rates if rates is not None else Rates.load(Path(notebooks_dir).parent / "benchmarks" / "rates.json")
+    planners: dict[str, Planner] = {}
+    stages: list[Stage] = []
+    for stem, params in loaded.parameters.items():
+        if stem not in CHAPTERS or (only and stem not in only):
+            continue
+        root = store.root if store is not None else Path(notebooks_dir) / params["results_dir"]
+        planner = planners.setdefault(str(root), Planner(Store(root), rates))
+        CHAPTERS[stem](planner, stem, params)
+    for planner in planners.values():
+        stages += planner.stages
+    return sorted(stages, key=lambda s: s.chapter)
+
+
+def _hours(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds / 3600:.2f} h"
+
+
+def format_plan(stages: list[Stage], everything: bool = False) -> str:
+    """Per chapter: its stages that are not fresh (all with `everything`), then a total line;
+    then the book's total of CPU-hours to compute."""
+    lines = []
+    by_chapter = totals(stages)
+    for chapter, total in by_chapter.items():
+        lines.append(f"{chapter}: " + ", ".join(f"{total[k]} {k}" for k in ("fresh", "stale", "missing",
+                                                                              "every build"))
+                     + f"; to compute: {_hours(total['seconds'])} CPU"
+                     + (f" + {total['no_rate']} stage(s) with no rate" if total["no_rate"] else ""))
+        for s in stages:
+            if s.chapter == chapter and (everything or s.status != "fresh"):
+                cost = f"in {s.first}" if s.first else (
+                    "-" if s.status == "fresh" else f"{_hours(s.estimate.seconds)} ({s.estimate.basis})")
+                size = f" {s.epochs} ep × {s.images} img" if s.epochs is not None and s.images else ""
+                lines.append(f"  {s.status:<11} {s.kind:<11} {s.what}{size}  {cost}")
+    seconds = sum(t["seconds"] for t in by_chapter.values())
+    unknown = sum(t["no_rate"] for t in by_chapter.values())
+    lines.append(f"total to compute: {_hours(seconds)} CPU (one core per stage)"
+                 + (f" + {unknown} stage(s) with no rate" if unknown else ""))
+    return "\n".join(lines)

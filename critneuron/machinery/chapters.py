@@ -1,0 +1,102 @@
+"""The runs of each chapter, from its notebook parameters: what the notebooks compute, as configs.
+
+One function per chapter section, taking the notebook's parameters by name (as a profile sets
+them), so a notebook and `machinery.plan` (what a build needs, before it runs) build the same
+configs. Nothing here trains or solves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from critneuron.catalog import paper_finetune_epochs
+from critneuron.config import (
+    DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, from_dict, paper_train_config, to_dict,
+)
+from critneuron.experiments.transfer import source_config
+from critneuron.experiments.whole import prune_sweep
+
+
+def formulation_run(model: str, dataset: str, epochs: int | None, data_root: str | None, subset: int | None,
+                    test_subset: int | None, batch_size: int, lambda_: float, time_limit: float,
+                    batch_rule: str, **_other: Any) -> tuple[RunConfig, ScoreConfig]:
+    """Chapter 01: the trained network's run (seed 0) and the score settings of its solves."""
+    data = DataConfig(dataset=dataset, root=data_root, subset=subset, test_subset=test_subset)
+    run = RunConfig(data=data, model=ModelConfig(name=model), train=paper_train_config(model, dataset, epochs, 0))
+    return run, ScoreConfig(batch_size=batch_size, lambda_=lambda_, time_limit=time_limit, batch_rule=batch_rule)
+
+
+def pruning_sweep(runs: Sequence[Sequence[str]], epochs: int | None, data_root: str | None, subset: int | None,
+                  test_subset: int | None, seeds: Sequence[int], lambda_: float, threshold: float | None, mode: str,
+                  batch_size: int, time_limit: float, batch_rule: str, random_rule: str,
+                  finetune_epochs: int | None, **_other: Any) -> dict[str, Any]:
+    """Chapter 02: the whole-network pruning sweep (`reporting.sweep_rows(store, **this)`)."""
+    base = {"data.root": data_root, "data.subset": subset, "data.test_subset": test_subset,
+            "score.lambda_": lambda_, "score.mode": mode, "score.batch_size": batch_size,
+            "score.time_limit": time_limit, "score.batch_rule": batch_rule, "prune.threshold": threshold,
+            "prune.random_rule": random_rule}
+    items = [{"model.name": m, "data.dataset": d, "train": to_dict(paper_train_config(m, d, epochs=epochs)),
+              "prune.finetune_epochs": paper_finetune_epochs(m, d) if finetune_epochs is None else finetune_epochs}
+             for m, d in runs]
+    return {"base": base, "items": items, "grid": {"train.seed": list(seeds)}}
+
+
+def budget_configs(configs: Sequence[dict], budget_runs: Sequence[Sequence[str]]) -> list[RunConfig]:
+    """Chapter 02: the run configs (sweep rows' `config`) of the budget sweep's (model, dataset) pairs."""
+    return [from_dict(RunConfig, c) for c in configs if [c["model"]["name"], c["data"]["dataset"]] in
+            [list(r) for r in budget_runs]]
+
+
+def decoupled_configs(dataset: str, runs: Sequence[Sequence], epochs: int | None, data_root: str | None,
+                      subset: int | None, test_subset: int | None, seeds: Sequence[int], lambda_: float,
+                      threshold: float | None, mode: str, batch_size: int, time_limit: float,
+                      finetune_epochs: int, **_other: Any) -> list[tuple[RunConfig, str]]:
+    """Chapter 03: (run config, training) of every (model, width, training) run and seed."""
+    data = DataConfig(dataset=dataset, root=data_root, subset=subset, test_subset=test_subset)
+    score = ScoreConfig(lambda_=lambda_, mode=mode, batch_size=batch_size, time_limit=time_limit)
+    prune = PruneConfig(threshold=threshold, finetune_epochs=finetune_epochs)
+    return [(RunConfig(data=data, model=ModelConfig(name=name, width=width), score=score, prune=prune,
+                       train=paper_train_config(name, dataset, epochs, seed)), training)
+            for name, width, training in runs for seed in seeds]
+
+
+def compared_config(configs: Sequence[tuple[RunConfig, str]], compare: str) -> RunConfig:
+    """Chapter 03: the decoupled run of model `compare` scored both ways (its first seed)."""
+    return next(cfg for cfg, training in configs if cfg.model.name == compare and training == "decoupled")
+
+
+def transfer_base(data_root: str | None, subset: int | None, test_subset: int | None, lambda_: float,
+                  threshold: float | None, mode: str, batch_size: int, time_limit: float, batch_rule: str,
+                  **_other: Any) -> RunConfig:
+    """Chapter 04: the settings every source run shares (data subsets, MIP, τ)."""
+    return RunConfig(data=DataConfig(root=data_root, subset=subset, test_subset=test_subset),
+                     score=ScoreConfig(lambda_=lambda_, mode=mode, batch_size=batch_size, time_limit=time_limit,
+                                       batch_rule=batch_rule),
+                     prune=PruneConfig(threshold=threshold))
+
+
+def transfer_sources(base: RunConfig, pairs: Sequence[Sequence[str]], seeds: Sequence[int], epochs: int | None,
+                     width: float, **_other: Any) -> list[tuple[RunConfig, str]]:
+    """Chapter 04: (source run config, target dataset) of every pair and seed."""
+    return [(source_config(base, m, a, seed, epochs, width), b) for m, a, b in pairs for seed in seeds]
+
+
+def sensitivity_sweeps(model: str, dataset: str, epochs: int, data_root: str | None, subset: int | None,
+                       test_subset: int | None, seeds: Sequence[int], lambdas: Sequence[float],
+                       thresholds: Sequence[float], batch_sizes: Sequence[int], batch_seeds: Sequence[int],
+                       mode: str, time_limit: float, **_other: Any) -> dict[str, dict[str, Any]]:
+    """Chapter 05: the λ, τ and batch sweeps (`reporting.sweep_rows(store, **sweeps[name])`)."""
+    base = {"data.dataset": dataset, "data.root": data_root, "data.subset": subset, "data.test_subset": test_subset,
+            "model.name": model, "train.epochs": epochs, "score.mode": mode, "score.time_limit": time_limit,
+            "score.seed": 0}
+    return {"lambda": {"base": base, "grid": {"score.lambda_": list(lambdas), "train.seed": list(seeds)}},
+            "threshold": {"base": base, "grid": {"score.lambda_": [5.0], "prune.threshold": list(thresholds),
+                                                 "train.seed": list(seeds)}},
+            "batch": {"base": base, "grid": {"score.lambda_": [5.0], "score.batch_size": list(batch_sizes),
+                                             "score.seed": list(batch_seeds), "train.seed": list(seeds)}}}
+
+
+def sweep_file(sweep: dict[str, Any]) -> dict[str, Any]:
+    """A chapter sweep (`pruning_sweep`, `sensitivity_sweeps`) as a parsed sweep file of `prune_task` runs."""
+    return prune_sweep(sweep["base"], sweep.get("grid"), sweep.get("items"))
+

@@ -1,0 +1,83 @@
+"""`critneuron book --plan`: stages of the smoke profile against a temporary store (missing, then
+fresh once computed, stale once their code record changes), and estimates from measured rates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from critneuron.cli import main
+from critneuron.experiments.runs import trained_model
+from critneuron.experiments.store import Store
+from critneuron.machinery import chapters
+from critneuron.machinery.book import load_profile
+from critneuron.machinery.bookplan import book_plan, format_plan
+from critneuron.machinery.rates import Rates
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
+RATES = Rates(training={"fc3|1|plain|end-to-end": {"train_s_per_image": 1e-3, "eval_s_per_image": 1e-4}},
+              solves={"fc3|1|whole|relaxed": {"seconds": 2.0}})
+
+
+def _train_stage(store: Store) -> object:
+    stages = book_plan("smoke", NOTEBOOKS, rates=RATES, store=store, only=["01"])
+    return next(s for s in stages if s.kind == "train")
+
+
+def test_a_training_is_missing_then_fresh_then_stale(tmp_path: Path, shared_data_root: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRITNEURON_DATA", str(shared_data_root))
+    store = Store(tmp_path)
+    missing = _train_stage(store)
+    assert (missing.status, missing.epochs, missing.images) == ("missing", 1, 1600)
+    # 1 epoch of 1,600 images + 400 validation and 500 test images evaluated, at the rates above
+    assert missing.estimate.seconds == pytest.approx(1600 * 1e-3 + 900 * 1e-4)
+    assert missing.estimate.basis == "measured"
+
+    run, _score = chapters.formulation_run(**load_profile("smoke", NOTEBOOKS).parameters["01_formulation"])
+    trained_model(run, store)
+    fresh = _train_stage(store)
+    assert fresh.status == "fresh" and fresh.counted == 0.0
+
+    meta = next((tmp_path / "train").iterdir()) / "meta.json"
+    record = json.loads(meta.read_text())
+    record["code"]["fingerprint"] = "0" * 16  # computed by other code
+    meta.write_text(json.dumps(record))
+    assert _train_stage(store).status == "stale"
+
+
+def test_solves_of_every_build_and_the_plan_text(tmp_path: Path, shared_data_root: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRITNEURON_DATA", str(shared_data_root))
+    stages = book_plan("smoke", NOTEBOOKS, rates=RATES, store=Store(tmp_path), only=["01"])
+    solves = {s.what: s for s in stages if s.kind == "solve"}
+    assert {s.status for s in solves.values()} == {"every build"}
+    assert solves["fc3 mnist relaxed"].estimate.seconds == 2.0
+    assert (solves["fc3 mnist exact"].estimate.seconds, solves["fc3 mnist exact"].estimate.basis) == (30.0, "time limit")
+    text = format_plan(stages)
+    assert text.startswith("01_formulation: 0 fresh, 0 stale, 1 missing, 2 every build")
+    assert text.splitlines()[-1].startswith("total to compute: 0.")
+
+
+def test_rates_fall_back_by_width_then_training_kind_then_none() -> None:
+    rates = Rates(training={"vgg16|0.0625|augment|decoupled": {"train_s_per_image": 2e-3, "eval_s_per_image": 1e-4},
+                            "lenet5|1|plain|end-to-end": {"train_s_per_image": 3e-4, "eval_s_per_image": 2e-5}})
+    scaled = rates.training_seconds("vgg16", 0.125, True, "decoupled", 1, 1000, 0)
+    assert (scaled.seconds, scaled.basis) == (pytest.approx(4 * 2.0), "scaled from width 0.0625")
+    other = rates.training_seconds("lenet5", 1.0, True, "end-to-end", 2, 1000, 0)
+    assert (other.seconds, other.basis) == (pytest.approx(0.6), "as lenet5|1|plain|end-to-end")
+    assert rates.training_seconds("fc4", 1.0, False, "end-to-end", 1, 10, 0).seconds is None
+
+
+def test_cli_plan_builds_nothing(capsys: pytest.CaptureFixture, shared_data_root: Path,
+                                 monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CRITNEURON_DATA", str(shared_data_root))
+    book_dir = tmp_path / "book"
+    assert main(["book", "--profile", "smoke", "--plan", "--only", "01", "--book-dir", str(book_dir),
+                 "--notebooks-dir", str(NOTEBOOKS)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("01_formulation: ") and "total to compute:" in out
+    assert not book_dir.exists()
