@@ -19,8 +19,8 @@ shared machine are the cost of the work without the waiting.
 An epoch is extrapolated to the full split (80 % of the official training set; the rest is the
 validation set that every epoch evaluates). With --side-by-side, the fwd/bwd loop of LeNet-5 runs
 in two processes at once, to show whether two single-threaded trainings share the 2 cores.
-With --rates, the measured rates are written into the rates file (section "training"), keeping
-its other sections.
+With --rates, the measured rates are merged into the rates file (section "training"; cases
+measured again replaced), keeping its other sections.
 
 Usage:
     OMP_NUM_THREADS=1 CRITNEURON_DATA=../shared/data .venv/bin/python benchmarks/bench_training.py \
@@ -60,7 +60,9 @@ CASES = (("fc3", 1.0, "mnist", "end-to-end", 1.0), ("fc4", 1.0, "mnist", "end-to
          ("lenet5", 1.0, "cifar10", "decoupled", 1.0), ("vgg16", 0.0625, "cifar10", "decoupled", 0.25),
          ("vgg16", 0.125, "cifar10", "decoupled", 0.1), ("vgg16", 0.25, "cifar10", "decoupled", 0.1),
          ("vgg16", 0.5, "cifar10", "decoupled", 0.05), ("vgg16", 1.0, "cifar10", "decoupled", 0.05),
-         ("vgg16", 0.0625, "cifar10", "end-to-end", 0.25))
+         ("vgg16", 0.0625, "cifar10", "end-to-end", 0.25), ("vgg16", 0.125, "cifar10", "end-to-end", 0.1),
+         ("vgg16", 0.25, "cifar10", "end-to-end", 0.1), ("vgg16", 0.5, "cifar10", "end-to-end", 0.05),
+         ("vgg16", 1.0, "cifar10", "end-to-end", 0.05))
 
 
 def _timed(fn) -> tuple[float, float]:
@@ -168,19 +170,21 @@ def side_by_side(n: int) -> dict:
 
 
 def write_rates(path: Path, rows: list[dict], command: str) -> None:
-    """Merge the measured training rates into the rates file (its other sections kept)."""
+    """Merge the measured training rates into the rates file: cases measured again are replaced,
+    the others and the file's other sections kept; each run is listed with its date and load."""
     rates = json.loads(path.read_text()) if path.is_file() else {}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
-    rates["training"] = {
-        "how": "benchmarks/bench_training.py: process CPU seconds of the package's training loop on N minibatches "
-               "of 128, one torch thread, per training image; of evaluation per validation image. CPU time, not "
-               "wall: the machine was shared (see loadavg).",
-        "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": commit,
-        "loadavg": os.getloadavg(), "machine": environment()["machine"],
-        "rates": {row["case"]: {"train_s_per_image": row["train_s_per_image"],
-                                "eval_s_per_image": row["eval_s_per_image"], "batches": row["batches"]}
-                  for row in rows}}
+    date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    section = rates.setdefault("training", {"rates": {}, "runs": []})
+    section["how"] = ("benchmarks/bench_training.py: process CPU seconds of the package's training loop on N "
+                      "minibatches of 128, one torch thread, per training image; of evaluation per validation image. "
+                      "CPU time, not wall: the machine was shared (see each run's loadavg).")
+    section["machine"] = environment()["machine"]
+    section["runs"].append({"command": command, "date": date, "commit": commit, "loadavg": os.getloadavg()})
+    section["rates"].update({row["case"]: {"train_s_per_image": row["train_s_per_image"],
+                                           "eval_s_per_image": row["eval_s_per_image"], "batches": row["batches"],
+                                           "date": date} for row in rows})
     path.write_text(json.dumps(rates, indent=1, sort_keys=True) + "\n")
 
 

@@ -62,14 +62,18 @@ def test_solves_of_every_build_and_the_plan_text(tmp_path: Path, shared_data_roo
     assert text.splitlines()[-1].startswith("total to compute: 0.")
 
 
-def test_rates_fall_back_by_width_then_training_kind_then_none() -> None:
+def test_rates_fall_back_by_training_kind_then_width_then_none() -> None:
     rates = Rates(training={"vgg16|0.0625|augment|decoupled": {"train_s_per_image": 2e-3, "eval_s_per_image": 1e-4},
-                            "lenet5|1|plain|end-to-end": {"train_s_per_image": 3e-4, "eval_s_per_image": 2e-5}})
+                            "lenet5|1|plain|end-to-end": {"train_s_per_image": 3e-4, "eval_s_per_image": 2e-5}},
+                  solves={"lenet5|1|whole|relaxed": {"seconds": 3.0}})
     scaled = rates.training_seconds("vgg16", 0.125, True, "decoupled", 1, 1000, 0)
-    assert (scaled.seconds, scaled.basis) == (pytest.approx(4 * 2.0), "scaled from width 0.0625")
+    assert (scaled.seconds, scaled.basis) == (pytest.approx(4 * 2.0), "vgg16|0.0625|augment|decoupled × width² ratio")
     other = rates.training_seconds("lenet5", 1.0, True, "end-to-end", 2, 1000, 0)
     assert (other.seconds, other.basis) == (pytest.approx(0.6), "as lenet5|1|plain|end-to-end")
     assert rates.training_seconds("fc4", 1.0, False, "end-to-end", 1, 10, 0).seconds is None
+    block = rates.solve_seconds("lenet5", 1.0, "block1", "relaxed", 600)
+    assert (block.seconds, block.basis) == (3.0, "as the whole network")
+    assert rates.solve_seconds("vgg16", 1.0, "block1", "relaxed", 600).basis == "time limit"
 
 
 def test_cli_plan_builds_nothing(capsys: pytest.CaptureFixture, shared_data_root: Path,

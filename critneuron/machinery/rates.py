@@ -6,9 +6,10 @@ and per evaluated image, one torch thread, keyed ``model|width|augment|training`
 ``solves`` (written by ``benchmarks/solve_rates.py`` from a result store: median seconds of one
 scoring MIP, keyed ``model|width|part|mode``, part ``whole`` or a block's name).
 
-When a case has no rate, the estimate says how it was made instead: a VGG width scaled from the
-nearest measured width by the width squared (its convolutions' cost), another training kind of
-the same model, the solve's time limit (an upper bound), or no estimate at all (None).
+When a case has no rate, the estimate says how it was made instead: the same model and width
+trained otherwise, a width scaled from the nearest measured width by the width squared (its
+convolutions' cost), a block solved as fast as its whole network, the solve's time limit (an
+upper bound), or no estimate at all (None).
 """
 
 from __future__ import annotations
@@ -55,21 +56,23 @@ class Rates:
         return cls(data.get("training", {}).get("rates", {}), data.get("solves", {}).get("rates", {}))
 
     def per_image(self, model: str, width: float, augment: bool, training: str) -> tuple[dict | None, str]:
-        """The training rates of a case and their basis: measured, scaled from another VGG width
-        (× width²), or another training kind of the model; (None, "no rate") otherwise."""
+        """The training rates of a case and their basis, by preference: measured; the same model
+        and width trained otherwise (with or without augmentation, greedily or end to end: the
+        same convolutions); the nearest measured width of the model scaled by width²;
+        (None, "no rate")."""
         key = rate_key(model, width, augment, training)
         if key in self.training:
             return self.training[key], "measured"
-        widths = [(float(k.split("|")[1]), v) for k, v in self.training.items()
-                  if k.split("|")[0] == model and k.split("|")[2:] == key.split("|")[2:]]
-        if widths:
-            near, rate = min(widths, key=lambda wv: abs(wv[0] - width))
-            scale = (width / near) ** 2
+        cases = [(k.split("|"), v) for k, v in sorted(self.training.items()) if k.split("|")[0] == model]
+        same = [(parts, v) for parts, v in cases if float(parts[1]) == width]
+        if same:
+            parts, rate = min(same, key=lambda pv: (pv[0][3] != training, pv[0][2] != key.split("|")[2]))
+            return rate, f"as {'|'.join(parts)}"
+        if cases:
+            parts, rate = min(cases, key=lambda pv: (abs(float(pv[0][1]) - width), pv[0][3] != training))
+            scale = (width / float(parts[1])) ** 2
             return {name: value * scale for name, value in rate.items() if name.endswith("per_image")}, \
-                f"scaled from width {near:g}"
-        other = sorted(k for k in self.training if k.split("|")[:2] == key.split("|")[:2])
-        if other:
-            return self.training[other[0]], f"as {other[0]}"
+                f"{'|'.join(parts)} × width² ratio"
         return None, "no rate"
 
     def training_seconds(self, model: str, width: float, augment: bool, training: str, epochs: int,
@@ -83,9 +86,11 @@ class Rates:
         return Estimate(epochs * n_train * rate["train_s_per_image"] + evaluated * rate["eval_s_per_image"], basis)
 
     def solve_seconds(self, model: str, width: float, part: str, mode: str, time_limit: float) -> Estimate:
-        """One scoring MIP: the measured median, else its time limit (an upper bound; a block may
-        also stop there)."""
-        rate = self.solves.get(solve_key(model, width, part, mode))
-        if rate is not None:
-            return Estimate(min(rate["seconds"], time_limit), "measured")
+        """One scoring MIP: the measured median; for a block with none, the whole network's (a
+        block's MIP is part of it); else its time limit (an upper bound; a block may also stop there)."""
+        for key, basis in ((solve_key(model, width, part, mode), "measured"),
+                           (solve_key(model, width, "whole", mode), "as the whole network")):
+            rate = self.solves.get(key)
+            if rate is not None:
+                return Estimate(min(rate["seconds"], time_limit), basis)
         return Estimate(float(time_limit), "time limit")
