@@ -11,7 +11,7 @@ import pytest
 from critneuron.cli import main
 from critneuron.experiments.runs import trained_model
 from critneuron.experiments.store import Store
-from critneuron.machinery import chapters
+from critneuron.machinery import chapters, reporting
 from critneuron.machinery.book import load_profile
 from critneuron.machinery.bookplan import book_plan, format_plan
 from critneuron.machinery.rates import Rates
@@ -85,3 +85,15 @@ def test_cli_plan_builds_nothing(capsys: pytest.CaptureFixture, shared_data_root
     out = capsys.readouterr().out
     assert out.startswith("01_formulation: ") and "total to compute:" in out
     assert not book_dir.exists()
+
+
+def test_the_pruning_sweep_run_as_chapter_02_runs_it_reads_fresh(tmp_path: Path, shared_data_root: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRITNEURON_DATA", str(shared_data_root))
+    store = Store(tmp_path)
+    params = load_profile("smoke", NOTEBOOKS).parameters["02_pruning"]
+    reporting.sweep_rows(store, **chapters.pruning_sweep(**params))
+    stages = {(s.kind, s.what.endswith("vertex")): s.status
+              for s in book_plan("smoke", NOTEBOOKS, rates=RATES, store=store, only=["02"])}
+    assert stages == {("train", False): "fresh", ("score", False): "fresh", ("prune row", False): "fresh",
+                      ("score", True): "missing", ("budget", False): "missing"}
