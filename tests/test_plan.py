@@ -56,7 +56,8 @@ def test_solves_of_every_build_and_the_plan_text(tmp_path: Path, shared_data_roo
     solves = {s.what: s for s in stages if s.kind == "solve"}
     assert {s.status for s in solves.values()} == {"every build"}
     assert solves["fc3 mnist relaxed"].estimate.seconds == 2.0
-    assert (solves["fc3 mnist exact"].estimate.seconds, solves["fc3 mnist exact"].estimate.basis) == (30.0, "time limit")
+    exact = solves["fc3 mnist exact"].estimate
+    assert (exact.seconds, exact.basis) == (30.0, "time limit")
     text = format_plan(stages)
     assert text.startswith("01_formulation: 0 fresh, 0 stale, 1 missing, 2 every build")
     assert text.splitlines()[-1].startswith("total to compute: 0.")

@@ -15,7 +15,7 @@ from critneuron.experiments.store import Store, versions
 from critneuron.experiments.transfer import at_init_settings, at_init_source, transfer_plan
 from critneuron.machinery import chapters
 from critneuron.machinery.book import list_notebooks, load_profile, select_notebooks
-from critneuron.machinery.plan import Planner, Stage, split_sizes, totals
+from critneuron.machinery.plan import STATUSES, Planner, Stage, split_sizes, totals
 from critneuron.machinery.rates import Rates
 from critneuron.machinery.sweepfile import expand, parse_sweep
 
@@ -60,8 +60,8 @@ def _pruning(p: Planner, chapter: str, params: dict) -> None:
                   "taus": [float(t) for t in params["budget_taus"]], "random_seeds": list(RANDOM_SEEDS)}
         found = p.index.matches("budget", config, weights=metrics["weights_hash"]) if metrics else []
         status = ("fresh" if fresh and any(ok for _i, ok in found) else "stale" if found else "missing")
-        estimate = p.rates.training_seconds(cfg.model.name, cfg.model.width, False, "end-to-end", 0, 0, 0,
-                                            evaluated * split_sizes(cfg.data)["test"])
+        test_images = split_sizes(cfg.data)["test"]
+        estimate, _sizes = p.training_estimate(cfg.model, cfg.data, "end-to-end", 0, evaluated * test_images)
         p.add(chapter, ("budget", str(config)), kind="budget", what=f"{cfg.model.name} {cfg.data.dataset} seed "
               f"{cfg.train.seed}: {evaluated} masks × test set", status=status, estimate=estimate)
 
@@ -115,8 +115,9 @@ CHAPTERS: dict[str, Callable[[Planner, str, dict], None]] = {
 
 def book_plan(profile: str | Path, notebooks_dir: Path = Path("notebooks"), rates: Rates | None = None,
               store: Store | None = None, only: list[str] | None = None) -> list[Stage]:
-    """Every stage of the profile's chapters (`only`: names as `critneuron book --only` takes them), against `store`
-    (default: each chapter's `results_dir`, relative to `notebooks_dir` as the notebooks run)."""
+    """Every stage of the profile's chapters (`only`: names as `critneuron book --only` takes
+    them), against `store` (default: each chapter's `results_dir`, relative to `notebooks_dir` as
+    the notebooks run)."""
     loaded = load_profile(profile, notebooks_dir)
     only = [nb.stem for nb in select_notebooks(list_notebooks(notebooks_dir), only)] if only else None
     rates = rates if rates is not None else Rates.load(Path(notebooks_dir).parent / "benchmarks" / "rates.json")
@@ -137,20 +138,18 @@ def _hours(seconds: float | None) -> str:
     return "?" if seconds is None else f"{seconds / 3600:.2f} h"
 
 
-def format_plan(stages: list[Stage], everything: bool = False) -> str:
-    """Per chapter: its stages that are not fresh (all with `everything`), then a total line;
-    then the book's total of CPU-hours to compute."""
+def format_plan(stages: list[Stage]) -> str:
+    """Per chapter: a line of counts and CPU-hours to compute, then its stages that are not
+    fresh; last the book's total."""
     lines = []
     by_chapter = totals(stages)
     for chapter, total in by_chapter.items():
-        lines.append(f"{chapter}: " + ", ".join(f"{total[k]} {k}" for k in ("fresh", "stale", "missing",
-                                                                              "every build"))
+        lines.append(f"{chapter}: " + ", ".join(f"{total[k]} {k}" for k in STATUSES)
                      + f"; to compute: {_hours(total['seconds'])} CPU"
                      + (f" + {total['no_rate']} stage(s) with no rate" if total["no_rate"] else ""))
         for s in stages:
-            if s.chapter == chapter and (everything or s.status != "fresh"):
-                cost = f"in {s.first}" if s.first else (
-                    "-" if s.status == "fresh" else f"{_hours(s.estimate.seconds)} ({s.estimate.basis})")
+            if s.chapter == chapter and s.status != "fresh":
+                cost = f"in {s.first}" if s.first else f"{_hours(s.estimate.seconds)} ({s.estimate.basis})"
                 size = f" {s.epochs} ep × {s.images} img" if s.epochs is not None and s.images else ""
                 lines.append(f"  {s.status:<11} {s.kind:<11} {s.what}{size}  {cost}")
     seconds = sum(t["seconds"] for t in by_chapter.values())

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from critneuron.catalog import dataset_record, model_record
-from critneuron.config import DataConfig, RunConfig, TrainConfig, canonical_json, to_dict
+from critneuron.config import DataConfig, ModelConfig, RunConfig, TrainConfig, canonical_json, to_dict
 from critneuron.experiments import runfiles
 from critneuron.experiments.decoupled import DECOUPLED_TRAIN_CODE, HEADS_CODE
 from critneuron.experiments.fingerprint import is_current
@@ -109,6 +109,15 @@ class Planner:
         first = self._seen.setdefault(ident, chapter)
         self.stages.append(Stage(chapter, first=None if first == chapter else first, **fields))
 
+    def training_estimate(self, model: ModelConfig, data: DataConfig, training: str, epochs: int,
+                          evaluated: int | None = None) -> tuple[Estimate, dict[str, int]]:
+        """CPU time of `epochs` over `data`'s training split, each followed by its validation split,
+        then `evaluated` more images (default: the test split); and the split sizes."""
+        sizes = split_sizes(data)
+        augment = dataset_record(data.dataset).augment
+        return self.rates.training_seconds(model.name, model.width, augment, training, epochs, sizes["train"],
+                                           sizes["val"], sizes["test"] if evaluated is None else evaluated), sizes
+
     def train(self, chapter: str, cfg: RunConfig, training: str = "end-to-end") -> tuple[dict | None, bool]:
         """The training stage of `cfg` (decoupled: with heads, greedily); its stored metrics
         (None if not stored) and whether it is fresh."""
@@ -119,9 +128,7 @@ class Planner:
         key = self.store.key("train", config, **inputs)
         complete = self.store.is_complete("train", key)
         fresh = complete and self.store.is_fresh("train", key, code)
-        sizes = split_sizes(cfg.data)
-        estimate = self.rates.training_seconds(cfg.model.name, cfg.model.width, dataset_record(cfg.data.dataset).augment,
-                                               training, cfg.train.epochs, sizes["train"], sizes["val"], sizes["test"])
+        estimate, sizes = self.training_estimate(cfg.model, cfg.data, training, cfg.train.epochs)
         self.add(chapter, ("train", key), kind="train", what=f"{_name(cfg)} seed {cfg.train.seed} ({training})",
                  status="fresh" if fresh else "stale" if complete else "missing", epochs=cfg.train.epochs,
                  images=sizes["train"], estimate=estimate)
@@ -172,9 +179,7 @@ class Planner:
             key = self.store.key("heads", config, **train_inputs(cfg), weights=metrics["weights_hash"])
             if self.store.is_complete("heads", key):
                 status = "fresh" if fresh and self.store.is_fresh("heads", key, HEADS_CODE) else "stale"
-        sizes = split_sizes(cfg.data)
-        estimate = self.rates.training_seconds(cfg.model.name, cfg.model.width, dataset_record(cfg.data.dataset).augment,
-                                               "decoupled", head_cfg.epochs, sizes["train"], sizes["val"], sizes["test"])
+        estimate, sizes = self.training_estimate(cfg.model, cfg.data, "decoupled", head_cfg.epochs)
         self.add(chapter, ("heads", canonical_json(config), _name(cfg), cfg.train.seed), kind="heads",
                  what=f"{_name(cfg)} seed {cfg.train.seed} (heads on end-to-end)", status=status,
                  epochs=head_cfg.epochs, images=sizes["train"], estimate=Estimate(estimate.seconds,
@@ -187,9 +192,7 @@ class Planner:
         config = {"model": to_dict(source.model), "data": to_dict(dataclasses.replace(data, root=None)),
                   "train": to_dict(train), "bias": source.prune.bias}
         found = self.index.matches("retrain", config, init_weights=init)
-        sizes = split_sizes(data)
-        one = self.rates.training_seconds(source.model.name, source.model.width, dataset_record(data.dataset).augment,
-                                          "end-to-end", train.epochs, sizes["train"], sizes["val"], sizes["test"])
+        one, sizes = self.training_estimate(source.model, data, "end-to-end", train.epochs)
         seconds = None if one.seconds is None else MASKS_PER_TRANSFER * one.seconds
         self.add(chapter, ("retrain", canonical_json(config), init), kind="retrain",
                  what=f"{_name(source)} seed {source.train.seed} → {data.dataset} ×{MASKS_PER_TRANSFER} masks",
@@ -201,9 +204,8 @@ class Planner:
         reference and pruned networks on train and test, random and critical on test, and the
         fine-tuning epochs."""
         sizes = split_sizes(cfg.data)
-        estimate = self.rates.training_seconds(
-            cfg.model.name, cfg.model.width, dataset_record(cfg.data.dataset).augment, "end-to-end",
-            cfg.prune.finetune_epochs, sizes["train"], sizes["val"], 2 * sizes["train"] + 5 * sizes["test"])
+        estimate, _sizes = self.training_estimate(cfg.model, cfg.data, "end-to-end", cfg.prune.finetune_epochs,
+                                                  2 * sizes["train"] + 5 * sizes["test"])
         self.add(chapter, ident, kind=kind, what=f"{_name(cfg)} seed {cfg.train.seed}{label} (evaluate"
                  + (f", fine-tune {cfg.prune.finetune_epochs})" if cfg.prune.finetune_epochs else ")"),
                  status=status, epochs=cfg.prune.finetune_epochs, images=sizes["train"], estimate=estimate)
