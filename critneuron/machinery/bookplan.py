@@ -74,7 +74,7 @@ def _decoupled(p: Planner, chapter: str, params: dict) -> None:
             head_cfg = paper_train_config(cfg.model.name, cfg.data.dataset, cfg.train.epochs, cfg.train.seed)
             p.heads(chapter, cfg, head_cfg, metrics, fresh)
         p.blocks(chapter, cfg, metrics, fresh)
-        p.evaluation(chapter, cfg, "evaluate", "every build", ("evaluate", chapter, str(cfg), training))
+        p.evaluation(chapter, cfg, "evaluate", "every build", ("evaluate", chapter, str(cfg), training), f" {training}")
     cfg = chapters.compared_config(configs, params["compare"])
     metrics, fresh = p.train(chapter, cfg, "decoupled")
     inputs, status = p.score(chapter, cfg, metrics, fresh, label=" (whole MIP of the decoupled net)")
