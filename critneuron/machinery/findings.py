@@ -28,6 +28,11 @@ def spelled(run: str) -> str:
     return " / ".join(NAMES.get(part, part) for part in run.split(" / "))
 
 
+def pairs_text(pairs: Sequence[Sequence[str]]) -> str:
+    """Transfer pairs (model, A, B) as the captions name them ('FC-3: MNIST → Fashion-MNIST')."""
+    return ", ".join(f"{NAMES.get(m, m)}: {NAMES.get(a, a)} → {NAMES.get(b, b)}" for m, a, b in pairs)
+
+
 def run_means(table: pd.DataFrame, keys: Sequence[str] = RUN_KEYS) -> pd.DataFrame:
     """Mean of every numeric column per run (the keys present), over seeds; `drop` = ref − masked accuracy."""
     keys = [k for k in keys if k in table.columns]

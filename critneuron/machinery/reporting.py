@@ -179,11 +179,12 @@ def paper_table(table: pd.DataFrame, columns: Sequence[str], by: Sequence[str] =
     return out[[*by, *columns]].rename(columns={c: COLUMNS[c][0] for c in out.columns if c in COLUMNS})
 
 
-def styled(table: pd.DataFrame) -> Styler:
+def styled(table: pd.DataFrame, wrap: bool = False) -> Styler:
     """A `paper_table` as HTML: no index, non-optimal solve statuses highlighted (the book's CSS
-    scrolls a wide table inside its own box)."""
+    scrolls a wide table inside its own box); `wrap` for tables of sentences (left-aligned, wrapped)."""
     status = COLUMNS["status"][0]
-    style = table.style.hide(axis="index").set_table_attributes('class="critneuron-table"')
+    style = table.style.hide(axis="index").set_table_attributes(
+        f'class="critneuron-table{" wrap" if wrap else ""}"')
     if status in table.columns:
         style = style.map(lambda s: "" if s == STATUS_OK else "background-color: #fde2e1; font-weight: bold",
                           subset=[status])
