@@ -97,6 +97,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "jaccard": ("Jaccard index", "number"), "method": ("Method", "text"), "source": ("Source", "text"),
     "target": ("Target B", "text"), "variant": ("Mask", "text"), "at_init": ("At init", "text"),
     "block": ("Block", "text"), "layers": ("Layers", "text"),
+    "params_compact": ("Parameters after compaction", "count"), "flops_compact": ("FLOPs after compaction", "count"),
     "units": ("Units", "count"), "pruned": ("Pruned", "count"), "kept": ("Kept", "count"),
     "variables": ("Variables", "count"), "binaries": ("Binaries", "count"), "constraints": ("Constraints", "count"),
     "nonzeros": ("Nonzeros", "count"), "build_s": ("Build time (s)", "seconds"), "wall_s": ("Wall time (s)", "seconds"),
@@ -121,9 +122,15 @@ def _seconds(v: float) -> str:
     return f"{v:.1f}" if abs(v) < 10 else f"{v:,.0f}"
 
 
+def _number(v: float) -> str:
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.1e}" if 0 < abs(v) < 1e-3 else f"{v:.3g}"
+
+
 FORMATS = {
     "fraction": lambda v: f"{100 * v:.1f}", "percent": lambda v: f"{v:.1f}", "count": lambda v: f"{v:,.0f}",
-    "seconds": _seconds, "number": lambda v: f"{v:.3g}", "sci": lambda v: f"{v:.1e}",
+    "seconds": _seconds, "number": _number, "sci": lambda v: f"{v:.1e}",
 }
 
 
