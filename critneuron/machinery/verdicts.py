@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from critneuron.config import ScoreConfig
 from critneuron.machinery.findings import TOLERANCE, pct, points, run_means, transfer_means
 from critneuron.machinery.reporting import NAMES, STATUS_OK, format_value
 
-SELFCHECK_TOL = 1e-6  # largest difference between the program's logits and torch's
+SELFCHECK_TOL = ScoreConfig().selfcheck_tol  # largest difference between the program's logits and torch's
 HOLDS, PARTLY, NOT_REPRODUCED, NOT_TESTED = "holds", "partly", "not reproduced", "not tested at these settings"
 RULE = (f"*holds*: the test passes in every row (each model and dataset, means over seeds); *partly*: in some rows; "
         f"*not reproduced*: in none; *not tested at these settings*: this build has no row for it. Accuracy tests "
