@@ -59,10 +59,12 @@ def formulation(stable: pd.DataFrame, sizes: pd.DataFrame, solves: pd.DataFrame,
     """Chapter 01: stability at the paper's ε, program size, solves and the self-check."""
     at_eps = stable[stable["epsilon"] == epsilon]
     units = int(at_eps[["off", "on", "unstable"]].to_numpy().sum())
+    unstable, binaries = at_eps["unstable"].sum(), sizes["binaries"].max()
     lines = [f"The network classifies {pct(test_accuracy)} of the test set. At ε = {epsilon:g}, "
-             f"{format_value(at_eps['unstable'].sum(), 'count')} of its {format_value(units, 'count')} unit-image pairs "
-             f"are unstable, so the program has {format_value(sizes['variables'].max(), 'count')} variables and "
-             f"{format_value(sizes['binaries'].max(), 'count')} binaries."]
+             f"{format_value(unstable, 'count')} of its {format_value(units, 'count')} unit-image pairs "
+             f"{'is' if unstable == 1 else 'are'} unstable, so the program has "
+             f"{format_value(sizes['variables'].max(), 'count')} variables and {format_value(binaries, 'count')} "
+             f"binar{'y' if binaries == 1 else 'ies'}."]
     for _, row in solves.iterrows():
         lines.append(f"{row['mode'].capitalize()} mode: {row['status']} after {row['kelley_rounds']} Kelley rounds in "
                      f"{format_value(row['solve_s'], 'seconds')} s; torch reproduces its logits to "
