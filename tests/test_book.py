@@ -13,12 +13,12 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from critneuron.machinery import book
+from critneuron.machinery import book, verdicts
 from critneuron.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
-SKELETON = ("## Overview", "## Prerequisites", "## Parameters", "## Imports", "## 1. ",
+SKELETON = ("## Overview", "## Prerequisites", "## Settings of this build", "## Imports", "## 1. ",
             "## Summary", "### What's next?", "## References")
 
 
@@ -77,6 +77,14 @@ def test_smoke_book_builds_every_chapter_with_tables_and_figure(tmp_path: Path, 
     assert sorted(timings) == stems and all(t["status"] == "ok" for t in timings.values())
     provenance = json.loads((executed / "profile.json").read_text())
     assert provenance["profile"] == "smoke" and provenance["versions"]["papermill"]
+    intro = (html / "intro.html").read_text()
+    claims = verdicts.verdicts(tables)
+    assert "profile <strong>smoke</strong>" in intro and all(claim in intro for claim in claims["Claim"])
+    assert all(f"<strong>{v}</strong>" in intro for v in claims["Verdict"])
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").is_file() and "mathjax/tex-chtml.js" in intro
+    for stem in stems:  # tables only in the book's style, parameters cells off the page
+        page = (html / "_build" / "executed" / f"{stem}.html").read_text()
+        assert 'class="dataframe"' not in page and "injected-parameters" not in page, stem
 
 
 def test_raising_notebook_fails_the_build_with_its_name_and_cell(toy_notebooks: Path, tmp_path: Path) -> None:
@@ -87,6 +95,9 @@ def test_raising_notebook_fails_the_build_with_its_name_and_cell(toy_notebooks: 
     assert (executed / "01_fine.ipynb").is_file() and (executed / "03_after.ipynb").is_file()
     statuses = {k: v["status"] for k, v in json.loads((executed / "timings.json").read_text()).items()}
     assert statuses == {"01_fine": "ok", "02_broken": "failed", "03_after": "ok"}
+    injected = [c for c in nbformat.read(executed / "01_fine.ipynb", 4).cells
+                if "injected-parameters" in c.metadata.get("tags", [])]
+    assert len(injected) == 1 and "remove-cell" in injected[0].metadata["tags"]
     assert not (book_dir / "_build" / "html").exists()
 
 
@@ -146,8 +157,11 @@ def test_notebooks_follow_the_skeleton_and_have_no_outputs(notebook: Path) -> No
     assert sum(line.startswith("# ") for md in markdown for line in md.splitlines()) == 1
     positions = [next(i for i, md in enumerate(markdown) if md.startswith(h)) for h in SKELETON]
     assert positions == sorted(positions)
+    assert "{glue:md}`provenance`" in markdown[0] and "```{glue:md} findings" in markdown[0]
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert "parameters" in code[0].metadata.get("tags", [])
+    assert {"parameters", "remove-cell"} <= set(code[0].metadata.get("tags", []))
+    hidden = {"hide-input", "remove-input", "remove-cell"}  # code collapsed by default, or not on the page
+    assert all(hidden & set(c.metadata.get("tags", [])) for c in code[1:])
     assert all(not c.outputs and c.execution_count is None for c in code)
     assert not any("def " in c.source for c in code)
 

@@ -231,7 +231,19 @@ def run_notebook(src: Path, executed_dir: Path, parameters: dict, timeout: float
                            f"timed out after {timeout:g} s in {failing_cell(dst)} (log: {log})")
     if proc.returncode != 0:
         return NotebookRun(src.stem, "failed", wall, f"failed in {failing_cell(dst)} (log: {log})")
+    hide_injected_parameters(dst)
     return NotebookRun(src.stem, "ok", wall)
+
+
+def hide_injected_parameters(executed: Path) -> None:
+    """Tag papermill's injected-parameters cell ``remove-cell``: the page lists the profile's values in
+    its settings box instead."""
+    notebook = json.loads(executed.read_text())
+    for cell in notebook["cells"]:
+        tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")
+    executed.write_text(json.dumps(notebook, indent=1, ensure_ascii=False) + "\n")
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -1,6 +1,7 @@
 """Tables and plots the chapters share, so notebooks stay thin: pruning-run tables from sweeps,
-mean ± std tables, accuracy bars, long frames of scores, and the summary columns of a pruning run
-(`experiments.rows.table_row`)."""
+mean ± std tables, accuracy bars, long frames of scores, the summary columns of a pruning run
+(`experiments.rows.table_row`), and the book's one table and figure style (`show`, `set_style`,
+`glue_figure`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+from IPython.display import Markdown
+from myst_nb import glue
+from pandas.io.formats.style import Styler
 
 from critneuron.experiments.rows import table_row
 from critneuron.experiments.store import Store
@@ -73,3 +77,147 @@ def score_frame(labels: Sequence[str], rows: Sequence[dict], seed: int) -> pd.Da
         for label, row in zip(labels, rows) if row["config"]["train"]["seed"] == seed
         for layer, values in row["scores"].items() for s in values
     ])
+
+
+# The book's one table style: each known column's header (the paper's names, PAPER_SPEC §10.3,
+# units in the header) and how its values are written (`FORMATS`).
+COLUMNS: dict[str, tuple[str, str]] = {
+    "dataset": ("Dataset", "text"), "model": ("Model", "text"), "width": ("Width", "number"),
+    "training": ("Training", "text"), "run": ("Run", "text"), "mode": ("Mode", "text"),
+    "tau": ("τ", "number"), "lambda": ("λ", "number"), "B": ("B", "count"), "seed": ("Seed", "count"),
+    "epochs": ("Epochs", "count"), "seeds": ("Seeds", "count"), "layer": ("Layer", "text"),
+    "ref_test_acc": ("Ref. test acc %", "fraction"), "pruned_test_acc": ("Masked test acc %", "fraction"),
+    "pct_neurons_pruned": ("Neurons pruned %", "percent"), "pct_params_pruned": ("Pruning % (params)", "percent"),
+    "finetuned_test_acc": ("Fine-tuned acc %", "fraction"), "solve_s": ("Solve time (s)", "seconds"),
+    "random_test_acc": ("Random acc %", "fraction"), "critical_test_acc": ("Critical acc %", "fraction"),
+    "test_accuracy": ("Test acc %", "fraction"), "test accuracy": ("Test acc %", "fraction"),
+    "unstable_units": ("Unstable units", "count"), "unstable": ("Unstable units", "count"),
+    "on": ("Stable on", "count"), "off": ("Stable off", "count"), "epsilon": ("ε", "number"),
+    "neurons": ("Units", "count"), "pct_pruned": ("Pruned %", "percent"), "agreement": ("Agreement %", "fraction"),
+    "jaccard": ("Jaccard index", "number"), "method": ("Method", "text"), "source": ("Source", "text"),
+    "target": ("Target B", "text"), "variant": ("Mask", "text"), "at_init": ("At init", "text"),
+    "block": ("Block", "text"), "layers": ("Layers", "text"),
+    "params_compact": ("Parameters after compaction", "count"), "flops_compact": ("FLOPs after compaction", "count"),
+    "units": ("Units", "count"), "pruned": ("Pruned", "count"), "kept": ("Kept", "count"),
+    "variables": ("Variables", "count"), "binaries": ("Binaries", "count"), "constraints": ("Constraints", "count"),
+    "nonzeros": ("Nonzeros", "count"), "build_s": ("Build time (s)", "seconds"), "wall_s": ("Wall time (s)", "seconds"),
+    "wall_s_max": ("Slowest block (s)", "seconds"), "train_s": ("Training time (s)", "seconds"),
+    "train_seconds": ("Training time (s)", "seconds"), "seconds": ("Time (s)", "seconds"),
+    "kelley_rounds": ("Kelley rounds", "count"), "rounds": ("Kelley rounds", "count"),
+    "objective": ("Objective", "number"), "gap": ("Gap", "sci"), "selfcheck_error": ("Self-check error", "sci"),
+    "status": ("Solve status", "status"), "lr": ("Learning rate", "number"),
+    "units_changing_side": ("Units changing side of τ", "count"),
+    "max_abs_score_difference": ("Largest score difference", "number"),
+    "objective_difference": ("Objective difference", "sci"), "interior_point": ("Final point", "text"),
+    "solve_s_vertex": ("Solve time, vertex (s)", "seconds"), "solve_s_interior": ("Solve time, interior (s)", "seconds"),
+}
+COLUMNS.update({method: (f"{method} acc %", "fraction") for method in (  # per pruning method or mask (02, 04)
+    "mip", "random", "critical", "magnitude-l1", "magnitude-l2", "snip", "snip-authors", "activation", "reference")})
+STATUS_OK = "optimal"
+NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "fc3": "FC-3", "fc4": "FC-4",
+         "lenet5": "LeNet-5", "vgg16": "VGG-16"}  # the paper's spelling of datasets and models
+
+
+def _seconds(v: float) -> str:
+    return f"{v:.1f}" if abs(v) < 10 else f"{v:,.0f}"
+
+
+def _number(v: float) -> str:
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.1e}" if 0 < abs(v) < 1e-3 else f"{v:.3g}"
+
+
+FORMATS = {
+    "fraction": lambda v: f"{100 * v:.1f}", "percent": lambda v: f"{v:.1f}", "count": lambda v: f"{v:,.0f}",
+    "seconds": _seconds, "number": _number, "sci": lambda v: f"{v:.1e}",
+}
+
+
+def format_value(value: Any, kind: str) -> str:
+    """One value as the book writes it: `kind` is a `FORMATS` key (text, status: as is; missing: '–').
+
+    Example:
+        >>> format_value(0.97134, "fraction"), format_value(12345, "count")
+        ('97.1', '12,345')
+    """
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return "–"
+    if kind not in FORMATS or isinstance(value, str):
+        return NAMES.get(str(value), str(value))
+    return FORMATS[kind](float(value))
+
+
+def column_kind(name: str, values: pd.Series) -> str:
+    """The format of a column: from `COLUMNS`, else 'number' when numeric, else 'text'."""
+    if name in COLUMNS:
+        return COLUMNS[name][1]
+    return "number" if pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values) else "text"
+
+
+def _cell(values: pd.Series, kind: str) -> str:
+    """A group's cell: the value of one run, or 'mean ± std' of several (the first non-optimal status)."""
+    if kind == "status":
+        return next((s for s in values if s != STATUS_OK), STATUS_OK)
+    if len(values) == 1 or kind in ("text",):
+        return format_value(values.iloc[0], kind)
+    return f"{format_value(values.mean(), kind)} ± {format_value(values.std(), kind)}"
+
+
+def paper_table(table: pd.DataFrame, columns: Sequence[str], by: Sequence[str] = ()) -> pd.DataFrame:
+    """`columns` of `table` as the book prints them: formatted strings under the paper's headers.
+
+    With `by`, one row per group (its runs: seeds), each value 'mean ± std' when the group has
+    more than one run. The status column is left out when every solve is optimal.
+    """
+    columns = [c for c in present(table, columns) if c not in by]
+    if "status" in columns and (table["status"] == STATUS_OK).all():
+        columns.remove("status")
+    kinds = {c: column_kind(c, table[c]) for c in [*by, *columns]}
+    if by:
+        groups = table.groupby(list(by), sort=False, dropna=False)
+        rows = [{**dict(zip(by, key if isinstance(key, tuple) else (key,))),
+                 **{c: _cell(group[c], kinds[c]) for c in columns}} for key, group in groups]
+        out = pd.DataFrame(rows)
+        for c in by:
+            out[c] = out[c].map(lambda v, k=kinds[c]: format_value(v, k))
+    else:
+        out = pd.DataFrame({c: table[c].map(lambda v, k=kinds[c]: _cell(pd.Series([v]), k)) for c in columns})
+    return out[[*by, *columns]].rename(columns={c: COLUMNS[c][0] for c in out.columns if c in COLUMNS})
+
+
+def styled(table: pd.DataFrame, wrap: bool = False) -> Styler:
+    """A `paper_table` as HTML: no index, non-optimal solve statuses highlighted (the book's CSS
+    scrolls a wide table inside its own box); `wrap` for tables of sentences (left-aligned, wrapped)."""
+    status = COLUMNS["status"][0]
+    style = table.style.hide(axis="index").set_table_attributes(
+        f'class="critneuron-table{" wrap" if wrap else ""}"')
+    if status in table.columns:
+        style = style.map(lambda s: "" if s == STATUS_OK else "background-color: #fde2e1; font-weight: bold",
+                          subset=[status])
+    return style
+
+
+def show(table: pd.DataFrame, columns: Sequence[str] | None = None, by: Sequence[str] = ()) -> Styler:
+    """The book's table of `table`: `paper_table` (every column when `columns` is None), `styled`.
+
+    Example:
+        >>> show(runs, ["ref_test_acc", "pruned_test_acc"], by=["model", "dataset"])  # doctest: +SKIP
+    """
+    return styled(paper_table(table, list(table.columns) if columns is None else columns, by))
+
+
+def set_style() -> None:
+    """The book's one figure style (seaborn theme, sizes); every chapter calls it once."""
+    sns.set_theme(context="notebook", style="whitegrid", palette="colorblind", font_scale=0.9)
+    plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight"})
+
+
+def glue_figure(name: str, figure: plt.Figure | Any, runs: str) -> None:
+    """Hand a figure (or a seaborn grid, or axes) to the book as `name`, with ``<name>_runs``, the runs
+    and profile it shows, for its caption; then close it. The chapter shows it with a numbered
+    ``{glue:figure}`` and its caption, never as a bare cell output."""
+    figure = getattr(figure, "figure", figure)
+    glue(name, figure, display=False)
+    glue(f"{name}_runs", Markdown(runs), display=False)
+    plt.close(figure)
