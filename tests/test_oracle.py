@@ -1,0 +1,96 @@
+"""The independent oracle (`tests/oracle.py`) stays independent, and two nets solved on paper:
+their optimum and scores are literal numbers, met by the package and by the oracle."""
+
+from __future__ import annotations
+
+import ast
+import math
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from critneuron.config import ScoreConfig
+from critneuron.mip.scores import score
+from oracle import TinyProgram
+
+ORACLE = Path(__file__).with_name("oracle.py")
+
+
+def test_oracle_imports_nothing_from_critneuron():
+    """Neither its import statements nor importing it brings in the package it checks."""
+    tree = ast.parse(ORACLE.read_text())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
+    imported += [node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert imported and not [name for name in imported if name.split(".")[0] == "critneuron"]
+    code = (f"import sys; sys.path.insert(0, {str(ORACLE.parent)!r}); import oracle; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'critneuron'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def _set(module: nn.Module, weight, bias) -> nn.Module:
+    with torch.no_grad():
+        module.weight.copy_(torch.tensor(weight, dtype=torch.float32).reshape(module.weight.shape))
+        module.bias.copy_(torch.tensor(bias, dtype=torch.float32))
+    return module
+
+
+def two_unit_net() -> nn.Sequential:
+    """x(1) --fc1--> 2 --relu--> --fc2--> 2 logits, fc1 = [[1], [−1]], fc2 = [[1, 0], [−1, 0]], no bias::
+
+        x=1 ──(+1)──► a0 = 1  ─relu─► z0 ──(+1)──► ẑ0
+            └─(−1)──► a1 = −1 ─relu─► z1 ──(−1 on z0)─► ẑ1
+    """
+    return nn.Sequential(OrderedDict(fc1=_set(nn.Linear(1, 2), [[1.0], [-1.0]], [0.0, 0.0]), relu1=nn.ReLU(),
+                                     fc2=_set(nn.Linear(2, 2), [[1.0, 0.0], [-1.0, 0.0]], [0.0, 0.0]))).eval()
+
+
+def one_channel_conv() -> nn.Sequential:
+    """1×2×2 image of ones --conv1(1→1, 2×2, weights 1/4)--> 1×1 --relu--> --flatten--> --fc1 [[1], [−1]]--> 2."""
+    return nn.Sequential(OrderedDict(conv1=_set(nn.Conv2d(1, 1, 2), [0.25] * 4, [0.0]), relu1=nn.ReLU(),
+                                     flatten=nn.Flatten(),
+                                     fc1=_set(nn.Linear(1, 2), [[1.0], [-1.0]], [0.0, 0.0]))).eval()
+
+
+# Both nets: ε = 0, so L = U = a. The one scored unit that is on has a = U = 1, so its shifted
+# pre-activation is ã = 1 − (1 − s)·1 = s, its ReLU passes it (ã ∈ [0, U]), and the logits are
+# (s, −s) for label 0: CE = log(e^s + e^−s) − s = log(1 + e^−2s). With one scored layer, P = g_1.
+#
+# two_unit_net, λ = 1: unit 1 is off (U = −1), so Ũ = max(U, 0) = 0 and s_1 is in no constraint;
+#   f = log(1 + e^−2s0) + (s0 + s1 − 4)/2 (n_l = 2) gives s1 = 0 and
+#   f'(s0) = −2/(1 + e^2s0) + 1/2 = 0 ⇔ e^2s0 = 3 ⇔ s0 = ln(3)/2 = 0.5493061443340549,
+#   f* = ln(4/3) + (ln(3)/2 − 4)/2 = −1.4376648553811917.
+# one_channel_conv, λ = 1/2: n_l = C_out·k_h·k_w = 1·2·2 = 4, so
+#   f = ½ log(1 + e^−2s) + (s − 2)/4, f'(s) = −1/(1 + e^2s) + 1/4 = 0 ⇔ e^2s = 3 ⇔ s = ln(3)/2,
+#   f* = ½ ln(4/3) + (ln(3)/2 − 2)/4 = −0.21883242769059583.
+#   (With n_l = C_out = 1 instead, f' > 0 on [0, 1]: s = 0 and f* = ½ ln 2 − 2.)
+# Curvature at the optimum: f'' = 4λ·e^2s/(1 + e^2s)² = 3λ/4 (= 0.75 and 0.375), so an objective
+# within δ of f* puts s within √(2δ/f'') of the optimum.
+HAND_SOLVED = [
+    (two_unit_net, (1,), 1.0, -1.4376648553811917, {"fc1": [0.5493061443340549, 0.0]}),
+    (one_channel_conv, (1, 2, 2), 0.5, -0.21883242769059583, {"conv1": [0.5493061443340549]}),
+]
+
+
+@pytest.mark.parametrize("make,shape,lambda_,optimum,scores", HAND_SOLVED, ids=["fc", "conv"])
+@pytest.mark.parametrize("mode", ["exact", "relaxed"])
+def test_hand_solved_nets_have_their_paper_optimum(make, shape, lambda_, optimum, scores, mode):
+    net, x, y = make(), np.ones((1, *shape)), np.array([0])
+    cfg = ScoreConfig(mode=mode, lambda_=lambda_, epsilon=0.0)
+    result = score(net, x, y, cfg)
+    # the Kelley loop stops once LSE(ẑ) − t ≤ kelley_tol per sample: the objective is within λ·kelley_tol
+    delta = cfg.lambda_ * cfg.kelley_tol + cfg.mip_gap * abs(optimum) * (mode == "exact")
+    assert result.provenance["solver"]["objective"] == pytest.approx(optimum, abs=delta)
+    curvature = 3 * lambda_ / 4
+    for name, expected in scores.items():
+        assert result.layers[name] == pytest.approx(expected, abs=math.sqrt(2 * delta / curvature))
+    oracle = TinyProgram(net, x, y, cfg.epsilon, lambda_).solve(mode)
+    assert oracle.objective == pytest.approx(optimum, abs=1e-9)
+    for name, expected in scores.items():
+        assert oracle.scores[name] == pytest.approx(expected, abs=1e-5)
