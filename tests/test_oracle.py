@@ -4,7 +4,6 @@ their optimum and scores are literal numbers, met by the package and by the orac
 from __future__ import annotations
 
 import ast
-import math
 import subprocess
 import sys
 from collections import OrderedDict
@@ -18,6 +17,7 @@ from torch import nn
 from critneuron.config import ScoreConfig
 from critneuron.mip.scores import score
 from oracle import TinyProgram
+from tolerances import objective_tolerance, score_tolerance
 
 ORACLE = Path(__file__).with_name("oracle.py")
 
@@ -84,12 +84,9 @@ def test_hand_solved_nets_have_their_paper_optimum(make, shape, lambda_, optimum
     net, x, y = make(), np.ones((1, *shape)), np.array([0])
     cfg = ScoreConfig(mode=mode, lambda_=lambda_, epsilon=0.0)
     result = score(net, x, y, cfg)
-    # the Kelley loop stops once LSE(ẑ) − t ≤ kelley_tol per sample: the objective is within λ·kelley_tol
-    delta = cfg.lambda_ * cfg.kelley_tol + cfg.mip_gap * abs(optimum) * (mode == "exact")
-    assert result.provenance["solver"]["objective"] == pytest.approx(optimum, abs=delta)
-    curvature = 3 * lambda_ / 4
+    assert result.provenance["solver"]["objective"] == pytest.approx(optimum, abs=objective_tolerance(cfg, optimum))
     for name, expected in scores.items():
-        assert result.layers[name] == pytest.approx(expected, abs=math.sqrt(2 * delta / curvature))
+        assert result.layers[name] == pytest.approx(expected, abs=score_tolerance(cfg, optimum, 3 * lambda_ / 4))
     oracle = TinyProgram(net, x, y, cfg.epsilon, lambda_).solve(mode)
     assert oracle.objective == pytest.approx(optimum, abs=1e-9)
     for name, expected in scores.items():
