@@ -6,16 +6,14 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 from critneuron.config import ScoreConfig
 from critneuron.mip.scores import score
+from hand_nets import one_channel_conv, two_unit_net
 from oracle import TinyProgram
 from tolerances import objective_tolerance, score_tolerance
 
@@ -32,30 +30,6 @@ def test_oracle_imports_nothing_from_critneuron():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'critneuron'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
-
-
-def _set(module: nn.Module, weight, bias) -> nn.Module:
-    with torch.no_grad():
-        module.weight.copy_(torch.tensor(weight, dtype=torch.float32).reshape(module.weight.shape))
-        module.bias.copy_(torch.tensor(bias, dtype=torch.float32))
-    return module
-
-
-def two_unit_net() -> nn.Sequential:
-    """x(1) --fc1--> 2 --relu--> --fc2--> 2 logits, fc1 = [[1], [−1]], fc2 = [[1, 0], [−1, 0]], no bias::
-
-        x=1 ──(+1)──► a0 = 1  ─relu─► z0 ──(+1)──► ẑ0
-            └─(−1)──► a1 = −1 ─relu─► z1 ──(−1 on z0)─► ẑ1
-    """
-    return nn.Sequential(OrderedDict(fc1=_set(nn.Linear(1, 2), [[1.0], [-1.0]], [0.0, 0.0]), relu1=nn.ReLU(),
-                                     fc2=_set(nn.Linear(2, 2), [[1.0, 0.0], [-1.0, 0.0]], [0.0, 0.0]))).eval()
-
-
-def one_channel_conv() -> nn.Sequential:
-    """1×2×2 image of ones --conv1(1→1, 2×2, weights 1/4)--> 1×1 --relu--> --flatten--> --fc1 [[1], [−1]]--> 2."""
-    return nn.Sequential(OrderedDict(conv1=_set(nn.Conv2d(1, 1, 2), [0.25] * 4, [0.0]), relu1=nn.ReLU(),
-                                     flatten=nn.Flatten(),
-                                     fc1=_set(nn.Linear(1, 2), [[1.0], [-1.0]], [0.0, 0.0]))).eval()
 
 
 # Both nets: ε = 0, so L = U = a. The one scored unit that is on has a = U = 1, so its shifted
