@@ -283,7 +283,7 @@ def test_interior_point_of_the_reduced_face_is_the_full_lps(case: str) -> None:
     reduced = np.concatenate([form.values[c] for c in form.scores.values()])
     prog = form.program
     h = highs_with(prog.cost, prog.col_lower, prog.col_upper, prog.matrix(),
-                   options={"output_flag": False, "solver": "ipm", "run_crossover": "off", "presolve": "off",
+                   options={"output_flag": False, "solver": "ipx", "run_crossover": "off", "presolve": "off",
                             "threads": 1})
     h.run()
     assert h.modelStatusToString(h.getModelStatus()) == "Optimal"
