@@ -23,10 +23,13 @@ from critneuron.nets.train import TrainResult, train_model
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # Property-based tests: no per-example deadline (a solve's time varies on a loaded machine); in CI
-# (CI=true) the examples are derandomized, so a run is repeatable and a failure reproducible.
-settings.register_profile("dev", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# (CI=true) the examples are derandomized, so a run is repeatable and a failure reproducible;
+# HYPOTHESIS_PROFILE=mutation runs few of them (benchmarks/mutation.py).
+settings.register_profile("dev", max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True, print_blob=True)
-settings.load_profile("ci" if os.environ.get("CI", "").lower() == "true" else "dev")
+settings.register_profile("mutation", parent=settings.get_profile("ci"), max_examples=10)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI", "").lower() == "true"
+                                                               else "dev"))
 
 REPO = Path(__file__).resolve().parents[1]
 

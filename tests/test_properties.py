@@ -10,7 +10,7 @@ from collections import OrderedDict
 import numpy as np
 import pytest
 import torch
-from hypothesis import assume, event, given, settings
+from hypothesis import assume, event, given
 from hypothesis import strategies as st
 from torch import nn
 
@@ -142,13 +142,11 @@ def _check_masks(net: nn.Sequential, result, shape: tuple, tau: float) -> None:
         assert torch.allclose(compact(probe), masked(probe), atol=1e-10)
 
 
-@settings(max_examples=30)
 @given(problems(dense_nets()))
 def test_dense_nets_match_the_oracle(problem):
     _check_against_oracle(*problem)
 
 
-@settings(max_examples=40)
 @given(problems(conv_nets()))
 def test_conv_nets_match_the_oracle(problem):
     _check_against_oracle(*problem)
