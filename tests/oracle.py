@@ -220,25 +220,31 @@ class TinyProgram:
             grad[self.slices["w"]] += 1.0
         return value, grad
 
-    def _start(self) -> np.ndarray:
-        """s = 1 (the unpruned network), z = relu(a), v = [a > 0], w = max_l −g_l: feasible."""
-        theta = np.zeros(self.n_vars)
-        for name in self.scored:
-            theta[self.slices[("s", name)]] = 1.0
-        values = self.jac @ theta + self.const
-        at = self.n_logits
-        for i, (name, m) in enumerate(self.children):
-            if isinstance(m, nn.ReLU):
-                n = self.bounds[i - 1][0].numel()
-                pre = values[at:at + n][self.unstable[name].reshape(-1).numpy()]
-                at += n
-                theta[self.slices[("z", name)]] = np.maximum(pre, 0.0)
-                theta[self.slices[("v", name)]] = (pre > 0).astype(float)
+    def _start(self, lower: np.ndarray, upper: np.ndarray) -> np.ndarray:
+        """A start within the variable bounds: s = 1 where free, the ReLUs' z and v at their
+        activation pattern layer by layer (z = max(ã, 0), v = [ã > 0]), w = max_l −g_l. With
+        free scores it is feasible (the unpruned network)."""
+        theta = np.clip(np.ones(self.n_vars), lower, upper)
+        theta[self.slices["w"]] = 0.0
+        for _ in range(len(self.unstable)):  # each pass settles one more layer's z
+            values = self.jac @ theta + self.const
+            at = self.n_logits
+            for i, (name, m) in enumerate(self.children):
+                if isinstance(m, nn.ReLU):
+                    n = self.bounds[i - 1][0].numel()
+                    pre = values[at:at + n][self.unstable[name].reshape(-1).numpy()]
+                    at += n
+                    zs, vs = self.slices[("z", name)], self.slices[("v", name)]
+                    theta[vs] = np.clip((pre > 0).astype(float), lower[vs], upper[vs])
+                    theta[zs] = np.clip(theta[vs] * np.maximum(pre, 0.0), lower[zs], upper[zs])
         if self.has_w:
-            theta[self.slices["w"]] = max(2.0 * (self.slices[("s", n)].stop - self.slices[("s", n)].start) / self.norm(n)
-                                          - float(theta[self.slices[("s", n)]].sum()) / self.norm(n)
-                                          for n in self.scored)
+            theta[self.slices["w"]] = self._w(theta)
         return theta
+
+    def _w(self, theta: np.ndarray) -> float:
+        """max_l −g_l at the scores of theta: the least w with w + g_l ≥ 0."""
+        return max((2.0 * (sl.stop - sl.start) - float(theta[sl].sum())) / self.norm(name)
+                   for name, sl in ((n, self.slices[("s", n)]) for n in self.scored))
 
     def _minimise(self, lower: np.ndarray, upper: np.ndarray) -> tuple[float, np.ndarray] | None:
         """min over lower ≤ θ ≤ upper, G·θ ≥ h; fixed variables are substituted. None: infeasible."""
@@ -255,13 +261,15 @@ class TinyProgram:
                 value, grad = self.objective(base + embed @ t)
                 return value, grad[free]
 
-            start = np.clip(self._start(), lower, upper)[free]
+            start = self._start(lower, upper)[free]
             with threadpool_limits(1):  # a tiny problem: BLAS threads only wait for one another
                 res = so.minimize(fun, start, jac=True, method="SLSQP",
                                   bounds=list(zip(lower[free], np.where(np.isinf(upper[free]), None, upper[free]))),
                                   constraints=[{"type": "ineq", "fun": lambda t: g @ t - h, "jac": lambda t: g}],
                                   options={"ftol": 1e-15, "maxiter": 3000})
             theta = base + embed @ res.x
+        if self.has_w:  # w's best value for these scores (SLSQP may stop short on a linear objective)
+            theta[self.slices["w"]] = self._w(theta)
         violation = np.max(self.h - self.G @ theta, initial=0.0)
         self.last_violation = violation
         if violation > self.feasibility_tol * (1.0 + np.max(np.abs(self.h), initial=0.0)):
