@@ -22,7 +22,10 @@ import shutil
 import subprocess
 import sys
 import time
+from importlib.metadata import version
 from pathlib import Path
+
+from _common import environment, print_environment
 
 REPO = Path(__file__).resolve().parents[1]
 MUTATED = ("critneuron/mip/spec.py", "critneuron/mip/bounds.py", "critneuron/mip/builder.py",
@@ -70,6 +73,8 @@ def main() -> None:
                         help="start no new chunk of 25 mutants after this many seconds")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/critneuron-mutation"))
     args = parser.parse_args()
+    print_environment(environment())
+    print(f"mutmut {version('mutmut')}, hypothesis {version('hypothesis')} (profile 'mutation')")
     _setup(args.workdir)
     # mutmut generates the mutants and records which tests reach which function on its first
     # run; a filter that matches nothing stops it there.
@@ -78,7 +83,8 @@ def main() -> None:
         names = sorted(_results(args.workdir))
         if names:
             break
-    sample = sorted(random.Random(args.seed).sample(names, args.sample)) if 0 < args.sample < len(names) else names
+    # in drawn order, so that a time budget cuts the sample at random, not one module's mutants
+    sample = random.Random(args.seed).sample(names, args.sample if 0 < args.sample < len(names) else len(names))
     start, codes, done = time.perf_counter(), set(), []
     for chunk in range(0, len(sample), 25):
         if time.perf_counter() - start > args.budget_s:
@@ -95,12 +101,12 @@ def main() -> None:
     print(f"mutants: {len(names)} in {', '.join(MUTATED)}; run: {len(sample)}"
           f"{f' (a seeded sample, seed {args.seed})' if len(sample) < len(names) else ''}"
           f"{f'; {left_out} more drawn but not run (time budget)' if left_out else ''}")
-    print("sampled per module: " + ", ".join(f"{k} {v}" for k, v in sorted(per_file.items())))
+    print("run per module: " + ", ".join(f"{k} {v}" for k, v in sorted(per_file.items())))
     print(f"killed: {counts['killed']}  survived: {counts['survived']}  timed out: {counts['timeout']}  "
           f"other: {sum(v for k, v in counts.items() if k not in ('killed', 'survived', 'timeout'))} "
           f"({dict(counts)})")
     print(f"wall time: {wall:.0f} s (mutmut exit codes {sorted(codes)}); fast tests: {', '.join(FAST_TESTS)}")
-    for name in sample:
+    for name in sorted(sample):
         if results[name] != "killed":
             print(f"  {results[name]}: {name}")
 
