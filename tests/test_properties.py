@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from critneuron.config import ScoreConfig
+from critneuron.mip.bounds import interval_bounds, module_bounds, stability_counts
 from critneuron.mip.scores import score
+from critneuron.mip.spec import network_spec
 from critneuron.pruning.compact import compact_model
 from critneuron.pruning.masks import apply_masks, masks_from_scores
 from oracle import TinyProgram
@@ -107,6 +109,7 @@ def _check_against_oracle(net: nn.Sequential, x: np.ndarray, y: np.ndarray, cfg:
     program = TinyProgram(net, x, y, cfg.epsilon, cfg.lambda_)
     n_unstable = sum(int(u.sum()) for u in program.unstable.values())
     assume(cfg.mode == "relaxed" or n_unstable <= MAX_UNSTABLE_EXACT)
+    _check_bounds(net, x, cfg.epsilon, program)
     event(f"{cfg.mode}, unstable units: {'yes' if n_unstable else 'no'}")
     for module in net:
         event(type(module).__name__ + (f"(affine={module.affine})" if hasattr(module, "affine") else ""))
@@ -123,6 +126,27 @@ def _check_against_oracle(net: nn.Sequential, x: np.ndarray, y: np.ndarray, cfg:
         assert result.provenance["selfcheck_passed"]
         assert result.provenance["selfcheck_error"] <= cfg.selfcheck_tol
     _check_masks(net, result, x.shape[1:], tau)
+
+
+def _check_bounds(net: nn.Sequential, x: np.ndarray, epsilon: float, program: TinyProgram) -> None:
+    """The package's bounds (from the specs and from the torch modules) are the oracle's, and its
+    stability counts classify the ReLU inputs as the oracle does."""
+    spec = network_spec(net, x.shape[1:])
+    bounds = interval_bounds(spec, x, epsilon)
+    by_module = module_bounds(net, x, epsilon)
+    for i, (name, _) in enumerate(program.children):
+        lo, up = (b.numpy().reshape(len(x), -1) for b in program.bounds[i])
+        scale = 1e-12 * (1 + np.abs(lo).max() + np.abs(up).max())
+        assert np.allclose(bounds.lower[i], lo, atol=scale) and np.allclose(bounds.upper[i], up, atol=scale), name
+        assert np.allclose(by_module[name][1].reshape(len(x), -1), lo, atol=scale), name
+        assert np.allclose(by_module[name][2].reshape(len(x), -1), up, atol=scale), name
+    counts = {row["layer"]: row for row in stability_counts(spec, bounds)}
+    for i, (name, module) in enumerate(program.children):
+        if isinstance(module, nn.ReLU):
+            lo, up = program.bounds[i - 1]
+            off, on = up <= 0, (lo >= 0) & (up > 0)
+            expected = {"off": int(off.sum()), "on": int(on.sum()), "unstable": int(program.unstable[name].sum())}
+            assert {k: counts[name][k] for k in expected} == expected, name
 
 
 def _check_masks(net: nn.Sequential, result, shape: tuple, tau: float) -> None:
