@@ -1,4 +1,4 @@
-"""The named errors every module raises on purpose (imports nothing from critneuron)."""
+"""The named errors every module raises on purpose, and the self-check's warning (imports nothing from critneuron)."""
 
 from __future__ import annotations
 
@@ -32,3 +32,9 @@ class SolveError(CritneuronError, RuntimeError):
     def __init__(self, message: str, details: dict | None = None):
         super().__init__(message)
         self.details = dict(details or {})
+
+
+class SelfCheckWarning(UserWarning):
+    """An exact-mode solution whose logits differ from the torch network's with the solved shifts
+    by more than `ScoreConfig.selfcheck_tol`: the encoding or the solver tolerances are off. The
+    scores are still returned, labelled `selfcheck_passed=False` in their provenance."""

@@ -13,6 +13,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from critneuron.config import DataConfig, paper_train_config
 from critneuron.nets.data import load_split
@@ -20,6 +21,15 @@ from critneuron.nets.models import build_model
 from critneuron.nets.train import TrainResult, train_model
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+# Property-based tests: no per-example deadline (a solve's time varies on a loaded machine); in CI
+# (CI=true) the examples are derandomized, so a run is repeatable and a failure reproducible;
+# HYPOTHESIS_PROFILE=mutation runs few of them (benchmarks/mutation.py).
+settings.register_profile("dev", max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True, print_blob=True)
+settings.register_profile("mutation", parent=settings.get_profile("ci"), max_examples=10)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI", "").lower() == "true"
+                                                               else "dev"))
 
 REPO = Path(__file__).resolve().parents[1]
 

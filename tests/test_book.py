@@ -13,6 +13,7 @@ import pytest
 import yaml
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from critneuron.config import ScoreConfig
 from critneuron.machinery import book, verdicts
 from critneuron.errors import ConfigError
 
@@ -43,6 +44,50 @@ def toy_notebooks(tmp_path: Path) -> Path:
     return folder
 
 
+RUN_COLUMNS = {"model", "dataset", "tau", "ref_test_acc", "pruned_test_acc", "pct_neurons_pruned"}
+# method columns of the accuracy-vs-budget table hold test accuracies too
+ACCURACY_COLUMNS = {"mip", "random", "critical", "snip", "snip-authors", "activation", "reference",
+                    "magnitude-l1", "magnitude-l2"}
+
+
+def _numbers(column: pd.Series) -> pd.Series:
+    """A column's numbers; a "mean ± std" cell counts by its mean."""
+    return pd.to_numeric(column.astype(str).str.split(" ± ").str[0], errors="raise")
+
+
+def check_table_contents(tables: dict[str, pd.DataFrame]) -> None:
+    """Every table has rows; accuracies lie in [0, 1] and percentages in [0, 100]; every solve
+    status is optimal and its exact-mode self-check passed; the run tables have their columns."""
+    assert tables
+    for name, table in tables.items():
+        assert len(table), f"{name} is empty"
+        for column in table.columns:
+            lower = column.lower()
+            if lower.endswith("_acc") or "accuracy" in lower or lower in ACCURACY_COLUMNS:
+                values = _numbers(table[column])
+                assert values.between(0, 1).all(), f"{name}.{column}: accuracies outside [0, 1]"
+            elif lower.startswith("pct_"):
+                assert _numbers(table[column]).between(0, 100).all(), f"{name}.{column}: outside [0, 100]"
+        if "status" in table:
+            assert (table["status"] == "optimal").all(), f"{name}: statuses {sorted(set(table['status']))}"
+        if "selfcheck_error" in table and "mode" in table:
+            exact = table[table["mode"] == "exact"]
+            assert (exact["selfcheck_error"] <= ScoreConfig().selfcheck_tol).all(), f"{name}: self-check failed"
+        if "ref_test_acc" in table:
+            assert RUN_COLUMNS <= set(table.columns), f"{name} lacks {sorted(RUN_COLUMNS - set(table.columns))}"
+
+
+def selfcheck_warnings(executed: Path) -> list[str]:
+    """Stems of the executed notebooks whose outputs carry a self-check warning."""
+    flagged = []
+    for path in sorted(executed.glob("*.ipynb")):
+        outputs = [o for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+        text = json.dumps(outputs)
+        if "SelfCheckWarning" in text or "self-check failed" in text:
+            flagged.append(path.stem)
+    return flagged
+
+
 def digest(folder: Path) -> dict[str, str]:
     """SHA-256 of every file under a folder, keyed by name."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -70,6 +115,9 @@ def test_smoke_book_builds_every_chapter_with_tables_and_figure(tmp_path: Path, 
         assert "Traceback" not in page, stem
     executed = book_dir / "_build" / "executed"
     tables = book.read_tables(executed)
+    check_table_contents(tables)
+    assert not selfcheck_warnings(executed)
+    assert {"status", "selfcheck_error", "ref_test_acc"} <= {c for t in tables.values() for c in t.columns}
     summary = (html / "_build" / "executed" / "06_results_summary.html").read_text()
     assert tables and all(name in summary for name in tables)
     assert "<table" in summary and "<img" in summary
@@ -85,6 +133,26 @@ def test_smoke_book_builds_every_chapter_with_tables_and_figure(tmp_path: Path, 
     for stem in stems:  # tables only in the book's style, parameters cells off the page
         page = (html / "_build" / "executed" / f"{stem}.html").read_text()
         assert 'class="dataframe"' not in page and "injected-parameters" not in page, stem
+
+
+def test_table_checks_reject_wrong_numbers_and_flagged_notebooks(tmp_path: Path) -> None:
+    good = pd.DataFrame({"model": ["fc3"], "dataset": ["mnist"], "tau": [0.1], "ref_test_acc": ["0.82 ± 0.01"],
+                         "pruned_test_acc": [0.8], "pct_neurons_pruned": [50.0], "status": ["optimal"],
+                         "mode": ["exact"], "selfcheck_error": [1e-12]})
+    check_table_contents({"02_pruning__runs": good})
+    for column, value, message in [("pruned_test_acc", 81.0, "accuracies outside"), ("pct_neurons_pruned", -1.0, "outside"),
+                                   ("status", "maxTimeLimit", "statuses"), ("selfcheck_error", 0.3, "self-check")]:
+        with pytest.raises(AssertionError, match=message):
+            check_table_contents({"02_pruning__runs": good.assign(**{column: [value]})})
+    with pytest.raises(AssertionError, match="lacks"):
+        check_table_contents({"02_pruning__runs": good.drop(columns="tau")})
+    with pytest.raises(AssertionError, match="empty"):
+        check_table_contents({"02_pruning__runs": good.iloc[:0]})
+    write_notebook(tmp_path / "01_ok.ipynb", "x = 0")
+    flagged = nbformat.v4.new_notebook(cells=[new_code_cell("score(...)", outputs=[nbformat.v4.new_output(
+        "stream", name="stderr", text="SelfCheckWarning: self-check failed: MIP logits differ")])])
+    nbformat.write(flagged, tmp_path / "02_flagged.ipynb")
+    assert selfcheck_warnings(tmp_path) == ["02_flagged"]
 
 
 def test_raising_notebook_fails_the_build_with_its_name_and_cell(toy_notebooks: Path, tmp_path: Path) -> None:

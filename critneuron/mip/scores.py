@@ -17,7 +17,7 @@ from torch import nn
 
 from critneuron.mip.bounds import Bounds, interval_bounds, shift_scale
 from critneuron.config import ScoreConfig, to_dict
-from critneuron.errors import SolveError
+from critneuron.errors import SelfCheckWarning, SolveError
 from critneuron.mip.formulation import build_formulation
 from critneuron.mip.solve import solve
 from critneuron.mip.spec import AffineSpec, NetworkSpec, network_spec
@@ -97,6 +97,11 @@ def score(model: nn.Sequential, x, y, cfg: ScoreConfig | None = None,
     the config, solver report, timings, ReLU stability counts and the self-check error (max
     |MIP logits − torch logits with the solved shifts|).
 
+    A failed self-check (exact mode, error > `cfg.selfcheck_tol`) does not raise: it warns with
+    `SelfCheckWarning` and the scores come back labelled `selfcheck_passed=False`, so a sweep
+    keeps the run and every table shows the label. An infeasible solve, or one that times out
+    without a feasible point, raises `SolveError`.
+
     Example:
         >>> s = score(model, x, y, ScoreConfig(mode="relaxed"))  # doctest: +SKIP
         >>> s.layers["fc1"].shape  # doctest: +SKIP
@@ -124,7 +129,8 @@ def score(model: nn.Sequential, x, y, cfg: ScoreConfig | None = None,
     error = float(np.max(np.abs(form.logit_values() - torch_logits)))
     if cfg.mode == "exact" and error > cfg.selfcheck_tol:
         warnings.warn(f"self-check failed: MIP logits differ from the torch network by {error:.2e} "
-                      f"(> {cfg.selfcheck_tol:g}); the encoding or the solver tolerances are off", stacklevel=2)
+                      f"(> {cfg.selfcheck_tol:g}); the encoding or the solver tolerances are off", SelfCheckWarning,
+                      stacklevel=2)
     provenance = {
         "config": to_dict(cfg),
         "solver": report.to_dict(),

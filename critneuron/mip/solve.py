@@ -171,7 +171,7 @@ class _Highspy:
             # drop the basis and solve the LP afresh by interior point (with crossover).
             h.clearSolver()
             h.setOptionValue("time_limit", highs_time_limit(h, remaining - (time.perf_counter() - ran)))
-            h.setOptionValue("solver", "ipm")
+            h.setOptionValue("solver", "ipx")
             h.run()
         inside = time.perf_counter() - ran
         self.highs_seconds += inside
@@ -274,7 +274,8 @@ def _solve_once(engine, form: Formulation, cfg: ScoreConfig, remaining: float, p
                 integer: bool, algorithm: str = "choose") -> dict:
     """One solve; returns status, whether a point was loaded, its objective and the bound.
     An LP (`integer` false) stopped early has no feasible point; a MIP may have an incumbent.
-    `algorithm`: HiGHS's `solver` option (choose, simplex, ipm)."""
+    `algorithm`: HiGHS's `solver` option (choose, simplex, ipx: HiGHS's "ipm" means HiPO when
+    highspy-extras is installed, so IPX is asked for by name)."""
     out = engine.run(remaining, point, integer, algorithm)
     # The objective of the point actually loaded (the scores we return), not HiGHS's report.
     return {**out, "objective": form.objective_value() if out["feasible"] else None}
@@ -387,7 +388,7 @@ def _face(form: Formulation, reduced_costs: np.ndarray, cfg: ScoreConfig, remain
     face_rows, _ = without_implied(Rows("face", rows.matrix[:, free].tocsr(), rows.lower - shift, rows.upper - shift),
                                    lower[free], upper[free])
     h = highs_with(prog.cost[free], lower[free], upper[free], face_rows, offset=float(prog.cost[~free] @ lower[~free]),
-                   options=_options(cfg, solver="ipm", run_crossover="off", presolve="off",
+                   options=_options(cfg, solver="ipx", run_crossover="off", presolve="off",
                                     time_limit=max(remaining, 1.0)))
     ran = time.perf_counter()
     h.run()
@@ -422,7 +423,7 @@ def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: 
             point = form.warm_start
         elif cfg.warm_start and phase == "mip":
             point = form.lifted(form.values)
-        algorithm = "ipm" if first and phase == "lp" and _ipm_first(form, cfg) else "choose"
+        algorithm = "ipx" if first and phase == "lp" and _ipm_first(form, cfg) else "choose"
         previous = out
         out = (_solve_mip(engine, form, cfg, remaining, point, algorithm) if phase == "mip"
                else _solve_once(engine, form, cfg, remaining, point, False, algorithm))
