@@ -34,9 +34,13 @@ class Highspy:
         start = time.perf_counter()
         self.form, self.scaling, self.highs_seconds = form, scaling, 0.0
         prog = form.program
+        scaled = scaling.rows(rows)
+        if scaling.applied:  # evidence that HiGHS's small_matrix_value dropped nothing
+            scaling.notes["smallest_entry"] = float(np.min(np.abs(scaled.matrix.data), initial=np.inf))
         self.h = highs_with(scaling.cost(prog.cost), scaling.to_solver(prog.col_lower),
-                            scaling.to_solver(prog.col_upper), scaling.rows(rows), prog.integer,
+                            scaling.to_solver(prog.col_upper), scaled, prog.integer,
                             options=options(cfg, mip_rel_gap=cfg.mip_gap, **scaling.options()))
+        del scaled
         self.integer = np.flatnonzero(prog.integer).astype(np.int32)
         self.handover_seconds = time.perf_counter() - start
 
