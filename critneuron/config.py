@@ -21,13 +21,14 @@ SCHEMA_VERSION = 1
 
 Mode = Literal["exact", "relaxed"]
 Loss = Literal["ce", "margin"]
-FirstLP = Literal["auto", "simplex", "ipm"]
+FirstLP = Literal["auto", "simplex", "ipx"]
 Bias = Literal["keep-bias", "remove"]
 BatchRule = Literal["random", "authors"]
 RandomRule = Literal["uniform", "authors"]
 Backend = Literal["highspy", "appsi"]
 LSE = Literal["lifted", "tangent"]
 FinalPoint = Literal["vertex", "interior"]
+Scaling = Literal["auto", "on", "off"]
 
 
 def choices(cls: type, name: str) -> tuple:
@@ -144,9 +145,9 @@ class ScoreConfig:
         "help": "exact mode: converge the Kelley cuts on the LP relaxation before the MIP rounds"})
     selfcheck_tol: float = field(default=1e-4, metadata={"help": "max |MIP logits - torch logits| in exact mode"})
     first_lp: FirstLP = field(default="auto", metadata={
-        "help": "HiGHS algorithm of each phase's first LP solve: simplex, ipm (interior point + crossover; "
-                "much faster on large LPs such as full-width VGG blocks), or auto (ipm from a million nonzeros "
-                "on); later Kelley rounds hot-start with simplex"})
+        "help": "HiGHS algorithm of each phase's first LP solve: simplex, ipx (HiGHS's IPX interior point + "
+                "crossover; much faster on large LPs such as full-width VGG blocks), or auto (ipx from a million "
+                "nonzeros on); later Kelley rounds hot-start with simplex"})
     backend: Backend = field(default="highspy", metadata={
         "help": "highspy (the model's sparse blocks straight to HiGHS, cuts added to the live solver) or appsi "
                 "(the same model through Pyomo and its appsi HiGHS interface: the engine before issue 16)"})
@@ -158,10 +159,17 @@ class ScoreConfig:
         "help": "the optimum reported: vertex (simplex), or interior (re-solved by interior point without "
                 "crossover, binaries fixed: inside the optimal face, as the authors' MOSEK returns; scores the "
                 "objective does not pin down then sit inside (0, 1) instead of at 0 or 1)"})
+    scaling: Scaling = field(default="auto", metadata={
+        "help": "scale the program HiGHS solves by powers of two (columns by the square root of their magnitude "
+                "bounds, rows by their largest entry; the same program, solutions mapped back): on, off, or auto "
+                "(where its largest coefficient or bound reaches 1e4, as under the whole network's interval bounds "
+                "at a deep full-width VGG block; highspy backend only)"})
 
     def __post_init__(self) -> None:
-        for name in ("mode", "first_lp", "loss", "batch_rule", "backend", "lse", "final_point"):
+        for name in ("mode", "first_lp", "loss", "batch_rule", "backend", "lse", "final_point", "scaling"):
             _check_choice(name, getattr(self, name), choices(ScoreConfig, name))
+        if self.scaling == "on" and self.backend == "appsi":
+            raise ConfigError("scaling: 'on' needs the highspy backend (appsi passes the Pyomo model unscaled)")
         _check_positive("lambda", self.lambda_, allow_zero=True)
         _check_positive("epsilon", self.epsilon, allow_zero=True)
         _check_positive("batch_size", self.batch_size)

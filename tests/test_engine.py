@@ -37,8 +37,10 @@ CASES = {
 }
 
 
-def _formulation(case, mode="exact", **kw):
+def _formulation(case, mode="exact", epsilon=None, **kw):
+    """The case's formulation (its input box half-width, or `epsilon`) and config."""
     net, shape, batch, eps = CASES[case]()
+    eps = eps if epsilon is None else epsilon
     x, y = _random_batch(net, shape, batch)
     cfg = ScoreConfig(mode=mode, epsilon=eps, **kw)
     spec = network_spec(net, shape)
@@ -238,7 +240,7 @@ def test_implied_row_sides_hold_on_the_box_and_leave_the_optimum():
     import scipy.sparse as sp
 
     from critneuron.mip.program import Rows, implied_sides
-    from critneuron.mip.solve import highs_with
+    from critneuron.mip.highs import highs_with
 
     rng = np.random.default_rng(0)
     n, m = 4, 60
@@ -275,7 +277,7 @@ def test_implied_row_sides_hold_on_the_box_and_leave_the_optimum():
 def test_interior_point_of_the_reduced_face_is_the_full_lps(case: str) -> None:
     """Fixing the scores that reduced costs pin and leaving out implied rows does not move the
     interior point: it equals HiGHS's interior point (no crossover, no presolve) of the whole LP."""
-    from critneuron.mip.solve import highs_with
+    from critneuron.mip.highs import highs_with
 
     form, cfg = _formulation(case, "relaxed", final_point="interior")
     report = solve(form, cfg)
@@ -298,7 +300,7 @@ def test_an_lp_highs_loses_is_solved_afresh_by_interior_point(monkeypatch):
     scoring still ends optimal at the same objective."""
     import highspy
 
-    import critneuron.mip.solve as solve_mod
+    import critneuron.mip.engines as engines
 
     form, cfg = _formulation("fc3", "relaxed", final_point="vertex")
     reference = solve(form, cfg).objective
@@ -326,16 +328,17 @@ def test_an_lp_highs_loses_is_solved_afresh_by_interior_point(monkeypatch):
             self._lost = False
             return self._h.clearSolver()
 
-    real_init = solve_mod._Highspy.__init__
+    real_init = engines.Highspy.__init__
 
-    def losing_init(self, form, cfg):
-        real_init(self, form, cfg)
+    def losing_init(self, *args):
+        real_init(self, *args)
         self.h = Losing(self.h)
 
-    monkeypatch.setattr(solve_mod._Highspy, "__init__", losing_init)
+    monkeypatch.setattr(engines.Highspy, "__init__", losing_init)
     form, cfg = _formulation("fc3", "relaxed", final_point="vertex")
     report = solve(form, cfg)
     assert algorithms[2] == "ipx"  # the lost second run was repeated by interior point (IPX, by name)
+    assert report.history[1]["algorithm"] == "ipx"
     assert report.status == "optimal" and report.objective == pytest.approx(reference,
                                                                              abs=objective_tolerance(cfg, reference))
 

@@ -295,7 +295,7 @@ def test_highs_time_limit_counts_the_runs_so_far():
     """HiGHS compares time_limit with its object's total run time over all runs (before 2.0)."""
     from types import SimpleNamespace
 
-    from critneuron.mip.solve import highs_time_limit
+    from critneuron.mip.highs import highs_time_limit
 
     assert highs_time_limit(None, 30.0) == 30.0
     used = SimpleNamespace(getRunTime=lambda: 250.0)
