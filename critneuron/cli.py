@@ -209,14 +209,23 @@ def _score_decoupled(args: argparse.Namespace, model: torch.nn.Sequential, meta:
                **_provenance({"score": cfg}, cfg.seed)}
     _write_json(args.out, payload)
     show = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731 - a failed block's unknowns
+    print(f"input boxes: block_bounds {cfg.block_bounds}; self-check flagged (!) above {cfg.selfcheck_tol:g}; "
+          f"pruning uses the usable blocks (optimal or stalled{'' if cfg.mode == 'relaxed' else ', self-check passed'})")
     for b in blocks:
-        print(f"{b['block']:8} {','.join(b['layers']):22} {b['status']:14} gap {b['gap']}  "
-              f"rounds {show(b['rounds'], '3')}  vars {show(b['variables'], '7')}  rows {show(b['constraints'], '7')}  "
-              f"nonzeros {show(b['nonzeros'], '9')}  unstable {show(b['unstable_units'], '6')}  "
-              f"solve {show(b['solve_s'], '8.1f')} s  wall {show(b['wall_s'], '8.1f')} s  "
-              f"peak {show(b['peak_rss_gb'], '.1f')} GB" + (f"  ({b['error']})" if b["status"] == "failed" else ""))
+        flag = "!" if b["selfcheck_flagged"] else " "
+        print(f"{b['block']:8} {','.join(b['layers']):22} {b['status']:14} {b['final_point']:8} "
+              f"{'usable' if b['usable'] else 'UNUSED':6}  self-check {show(b['selfcheck_error'], '7.1e')}{flag}  "
+              f"gap {b['gap']}  rounds {show(b['rounds'], '3')}  vars {show(b['variables'], '7')}  "
+              f"rows {show(b['constraints'], '7')}  nonzeros {show(b['nonzeros'], '9')}  "
+              f"unstable {show(b['unstable_units'], '6')}  solve {show(b['solve_s'], '8.1f')} s  "
+              f"wall {show(b['wall_s'], '8.1f')} s  peak {show(b['peak_rss_gb'], '.1f')} GB"
+              + (f"  ({b['error']})" if b["status"] == "failed" else ""))
+    unused = [b["block"] for b in blocks if not b["usable"]]
+    flagged = [b["block"] for b in blocks if b["selfcheck_flagged"]]
     print(f"{len(blocks)} blocks, {'all' if payload['all_optimal'] else 'NOT all'} optimal"
-          + (f", {len(failed)} failed (no scores: {', '.join(failed)})" if failed else "") + f"  ({args.out})")
+          + (f", {len(failed)} failed (no scores: {', '.join(failed)})" if failed else "")
+          + (f", not used for pruning: {', '.join(unused)}" if unused else "")
+          + (f", self-check above {cfg.selfcheck_tol:g}: {', '.join(flagged)}" if flagged else "") + f"  ({args.out})")
     return 1 if failed else 0
 
 
@@ -239,12 +248,27 @@ def _prune_default(f: dataclasses.Field) -> str:
     return "default: the paper's tau for the model and dataset" if f.name == "threshold" else f"default: {f.default}"
 
 
+def _read_scores(path: Path) -> tuple[dict[str, Any], Scores]:
+    """The JSON of a scores file and its `Scores`; a named error for anything else."""
+    try:
+        raw = json.loads(path.read_text())
+        scores = Scores.from_dict(raw)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and ConfigError are ValueErrors
+        raise CritneuronError(f"{path} is not a scores file written by `critneuron score`: {_first_line(err)}") from err
+    if "config" not in scores.provenance:
+        raise CritneuronError(f"{path} has no scoring config in its provenance: write it with `critneuron score`")
+    return raw, scores
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _run_prune(args: argparse.Namespace) -> int:
     model, meta, data_cfg = _load_checkpoint(args)
     if not args.scores.is_file():
         raise CritneuronError(f"scores file {args.scores} does not exist: write one with `critneuron score`")
-    raw = json.loads(args.scores.read_text())
-    scores = Scores.from_dict(raw)
+    raw, scores = _read_scores(args.scores)
     made_for = raw.get("inputs", {}).get("weights")
     if made_for not in (None, weights_hash(model)):
         raise CritneuronError(f"{args.scores} scores other weights ({made_for}) than {args.checkpoint} "

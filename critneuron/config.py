@@ -28,6 +28,7 @@ RandomRule = Literal["uniform", "authors"]
 Backend = Literal["highspy", "appsi"]
 LSE = Literal["lifted", "tangent"]
 FinalPoint = Literal["vertex", "interior"]
+BlockBounds = Literal["network", "local"]
 
 
 def choices(cls: type, name: str) -> tuple:
@@ -142,7 +143,10 @@ class ScoreConfig:
     warm_start: bool = field(default=True, metadata={"help": "MIP start from s = 1 and observed activations"})
     lp_cuts_first: bool = field(default=True, metadata={
         "help": "exact mode: converge the Kelley cuts on the LP relaxation before the MIP rounds"})
-    selfcheck_tol: float = field(default=1e-4, metadata={"help": "max |MIP logits - torch logits| in exact mode"})
+    selfcheck_tol: float = field(default=1e-4, metadata={
+        "help": "max |MIP logits - torch logits with the solved shifts|: above it, exact mode warns (the encoding or "
+                "the solver tolerances are off) and relaxed mode flags the program (its relaxation no longer "
+                "describes the network on the batch)"})
     first_lp: FirstLP = field(default="auto", metadata={
         "help": "HiGHS algorithm of each phase's first LP solve: simplex, ipm (interior point + crossover; "
                 "much faster on large LPs such as full-width VGG blocks), or auto (ipm from a million nonzeros "
@@ -159,8 +163,14 @@ class ScoreConfig:
                 "crossover, binaries fixed: inside the optimal face, as the authors' MOSEK returns; scores the "
                 "objective does not pin down then sit inside (0, 1) instead of at 0 or 1)"})
 
+    block_bounds: BlockBounds = field(default="network", metadata={
+        "help": "decoupled scoring: the input box of each block's program: network (the whole network's interval "
+                "bounds at the block's input, propagated from the epsilon-box around the images: the authors' rule) "
+                "or local (the block's own input h_k(x) +- epsilon, propagated through the block only: a labelled "
+                "deviation whose relaxation stays close to the network)"})
+
     def __post_init__(self) -> None:
-        for name in ("mode", "first_lp", "loss", "batch_rule", "backend", "lse", "final_point"):
+        for name in ("mode", "first_lp", "loss", "batch_rule", "backend", "lse", "final_point", "block_bounds"):
             _check_choice(name, getattr(self, name), choices(ScoreConfig, name))
         _check_positive("lambda", self.lambda_, allow_zero=True)
         _check_positive("epsilon", self.epsilon, allow_zero=True)
