@@ -5,7 +5,7 @@ Block k + head k's MIP scores Conv_k (plus the head's layers, whose scores are d
 tail's MIP scores every scored layer in it. The sub-MIPs are independent and are solved in
 parallel on any `concurrent.futures` executor (a Dask cluster's, see `experiments.cluster`). Each
 input box is, under `ScoreConfig.block_bounds` "network" (the authors' rule), the whole network's
-interval bounds at the block's input, or under "local" the block's own input ± ε.
+interval bounds at the block's input, or under "local" the block's own input ± ε (cut at 0).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from critneuron.nets.heads import Decoupled
 @dataclass
 class BlockProblem:
     """One sub-MIP: the sub-model, its batch (inputs = the prefix's outputs), the input box (the
-    whole network's interval bounds there, from the ε-box around the images; None: the inputs ± ε)
-    and the layers kept."""
+    network's interval bounds there, or under block_bounds "local" the inputs ± ε cut at 0; None:
+    the images ± ε) and the layers kept."""
 
     name: str
     sub_model: nn.Sequential
@@ -62,8 +62,9 @@ def block_problems(net: Decoupled, batches: list[tuple], epsilon: float,
     """The sub-MIPs of every block on its batch (`block_batches`, or one batch repeated).
 
     `block_bounds` (`ScoreConfig.block_bounds`): "network" boxes each block's input by the whole
-    network's interval bounds there (the authors' rule); "local" by the block's own input ± ε, so
-    its bounds are propagated through the block only (block 1 is the same under both)."""
+    network's interval bounds there (the authors' rule); "local" by the block's own input ± ε,
+    cut at 0 (a block's input is the previous block's ReLU output), so its bounds are propagated
+    through the block only. Block 1 (the images ± ε) is the same under both."""
     if block_bounds not in choices(ScoreConfig, "block_bounds"):
         raise ConfigError(f"block_bounds must be one of {choices(ScoreConfig, 'block_bounds')}, got {block_bounds!r}")
     model = net.eval().model.cpu()
@@ -78,7 +79,10 @@ def block_problems(net: Decoupled, batches: list[tuple], epsilon: float,
             inputs, box = x.double().numpy(), None
         else:
             value, lower, upper = outputs[net.blocks[k - 1][-1]]
-            inputs, box = value[rows], (lower[rows], upper[rows]) if block_bounds == "network" else None
+            inputs = value[rows]
+            if block_bounds == "local":  # the block's input is a ReLU output: nothing lies below 0
+                lower, upper = np.maximum(value - epsilon, 0.0), value + epsilon
+            box = (lower[rows], upper[rows])
         problems.append(BlockProblem(net.names()[k], net.sub_model(k), inputs, y.numpy(),
                                      [int(i) for i in indices], box, net.kept_layers(k), block_bounds))
     return problems
