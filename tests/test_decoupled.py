@@ -132,6 +132,7 @@ def test_only_usable_blocks_give_scores_and_every_block_keeps_its_row() -> None:
     failed = blocks.failure_row(problems[1], "no point", {})
     rows = blocks.combine([first, failed], "decoupled").provenance["blocks"]
     assert rows[1]["final_point"] == "none" and not rows[1]["usable"] and rows[1]["block_bounds"] == "network"
+    assert blocks.failure_row(problems[0], "no point", {})["dropped"] == rows[0]["dropped"] == ["head_conv", "head_fc1"]
     assert blocks.usable("stalled", "relaxed", False) and blocks.usable("optimal", "relaxed", False)
     assert not blocks.usable("optimal", "exact", False) and not blocks.usable("maxIterations", "relaxed", True)
 

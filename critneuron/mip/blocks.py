@@ -31,6 +31,7 @@ from critneuron.mip.scores import Scores, score
 from critneuron.nets.batches import mip_batch
 from critneuron.nets.data import TensorData
 from critneuron.nets.heads import Decoupled
+from critneuron.nets.models import scored_layer_names
 
 
 @dataclass
@@ -184,7 +185,8 @@ def failure_row(problem: BlockProblem, error: str, details: dict) -> dict:
     """The per-block row (as in `combine`) of a block that has no solution: status "failed", no
     final point, not usable, the error, and what is known of the solve (solver status, rounds,
     sizes, time, peak memory)."""
-    return {"block": problem.name, "layers": problem.kept, "status": "failed", "error": error,
+    dropped = [name for name in scored_layer_names(problem.sub_model) if name not in problem.kept]
+    return {"block": problem.name, "layers": problem.kept, "dropped": dropped, "status": "failed", "error": error,
             "final_point": "none", "usable": False, "selfcheck_error": None, "selfcheck_flagged": None,
             "block_bounds": problem.block_bounds,
             "gap": None, "objective": None, "solver_status": details.get("solver_status"),
