@@ -229,6 +229,7 @@ def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_p
     assert set(row["scores"]) == {"conv1"} and set(row["masks"]["kept"]) == {"conv1"}
     flat = table_row(row)
     assert flat["unused_mips"] == 1 and flat["status"] == "failed" and flat["solve_s"] == row["blocks"][0]["solve_s"]
+    assert flat["block_bounds"] == "network"
 
 
 @pytest.mark.parametrize("name, width", [("lenet5", 1.0), ("vgg16", 1 / 16)])

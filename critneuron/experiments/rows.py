@@ -37,6 +37,7 @@ def table_row(row: dict[str, Any]) -> dict[str, Any]:
     out = {
         "model": cfg["model"]["name"], "width": cfg["model"]["width"], "dataset": cfg["data"]["dataset"],
         "training": row.get("training", "end-to-end"), "mode": cfg["score"]["mode"],
+        "block_bounds": cfg["score"].get("block_bounds") if "blocks" in row else None,
         "lambda": cfg["score"]["lambda_"], "tau": row["threshold"], "B": cfg["score"]["batch_size"],
         "epochs": cfg["train"]["epochs"], "seed": cfg["train"]["seed"],
         "ref_test_acc": row["reference"]["test"]["accuracy"], "pruned_test_acc": row["pruned"]["test"]["accuracy"],
