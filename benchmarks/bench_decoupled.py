@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--any-images", action="store_true", help="batches need not be classified correctly")
     parser.add_argument("--blocks", type=block_list, default=None,
                         help="solve only these blocks, 1-based: '3-13' or '1,8,13' (the tail is the last)")
+    parser.add_argument("--block-bounds", default="network", choices=("network", "local"),
+                        help="input boxes of the blocks (ScoreConfig.block_bounds): network (the authors') or local")
     parser.add_argument("--deep-first", action="store_true", help="start the deepest blocks first")
     parser.add_argument("--test-subset", type=int, default=None,
                         help="evaluate the network and its heads on this many test images (full-width VGG-16 on "
@@ -77,16 +79,17 @@ def main(argv: list[str] | None = None) -> None:
               + " ".join(f"{a:.3f}" for a in figures["head_test_accuracy"]), flush=True)
     start = time.perf_counter()
     batches = block_batches(net, load_split(data, "train"), args.batch_size, args.seed, not args.any_images)
-    problems = block_problems(net, batches, ScoreConfig().epsilon)
+    problems = block_problems(net, batches, ScoreConfig().epsilon, args.block_bounds)
     if args.blocks and max(args.blocks) > len(problems):
         raise SystemExit(f"--blocks: block numbers run from 1 to {len(problems)}")
     problems = [problems[k - 1] for k in args.blocks or range(1, len(problems) + 1)]
     problem_seconds = time.perf_counter() - start
     print(f"{len(problems)} sub-MIPs prepared in {problem_seconds:.1f} s (whole-network bounds included)", flush=True)
     cfg = ScoreConfig(mode=args.mode, batch_size=args.batch_size, time_limit=args.time_limit, first_lp=args.first_lp,
-                      seed=args.seed, scaling=args.scaling)
+                      seed=args.seed, scaling=args.scaling, block_bounds=args.block_bounds)
     rows: dict[str, dict] = {}
-    out = args.out / f"bench_decoupled-{args.model}-{args.width:g}-{args.scaling}.json"
+    local = "-local" * (args.block_bounds == "local")
+    out = args.out / f"bench_decoupled-{args.model}-{args.width:g}-{args.scaling}{local}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
 
     def save(**extra) -> None:
@@ -106,7 +109,8 @@ def main(argv: list[str] | None = None) -> None:
             "first_lp_iterations": solver["history"][0].get("iterations"), "nonzeros": solver["n_nonzeros"],
             "scaled": solver["scaling"]["applied"], "magnitude": solver["scaling"]["magnitude"],
             "final_point": solver["final_point"], "interior": solver["interior"],
-            "row_violation": solver["row_violation"], "objective": solver["objective"]}
+            "row_violation": solver["row_violation"], "objective": solver["objective"],
+            "selfcheck_error": prov["selfcheck_error"]}
         save()
 
     start = time.perf_counter()

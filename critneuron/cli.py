@@ -151,7 +151,9 @@ def _add_score(subparsers: argparse._SubParsersAction) -> None:
     group.add_argument("--decoupled", action="store_true",
                        help="score block by block with the checkpoint's auxiliary heads (`train --training decoupled`); "
                        "a block without a solution is written as status failed (with its size, rounds, time and peak "
-                       "memory) and the command exits with 1")
+                       "memory) and the command exits with 1. Each block's line gives its status, final point, whether "
+                       "pruning uses its scores (optimal or stalled; in exact mode also a passed self-check) and its "
+                       "self-check error, marked ! above --selfcheck-tol; --block-bounds sets the blocks' input boxes")
     group.add_argument("--blocks", type=block_list, help="score only these blocks, 1-based: '3,11,13' or '3-5' "
                        "(the tail is the last; default: all)")
     group.add_argument("--scheduler", help="Dask scheduler of the sub-MIPs: tcp://host:8786, or serial "
@@ -205,19 +207,29 @@ def _score_decoupled(args: argparse.Namespace, model: torch.nn.Sequential, meta:
                                   correct_only=not args.any_images, keep_failed=True)
     blocks = scores.provenance["blocks"]
     failed = [b["block"] for b in blocks if b["status"] == "failed"]
+    unused = [b["block"] for b in blocks if not b["usable"]]
+    flagged = [b["block"] for b in blocks if b["selfcheck_flagged"]]
     payload = {**scores.to_dict(), "checkpoint": str(args.checkpoint), "model": run.model.name,
                "all_optimal": all(b["status"] == "optimal" for b in blocks), "failed_blocks": failed,
+               "unused_blocks": unused, "selfcheck_flagged_blocks": flagged, "block_bounds": cfg.block_bounds,
                **_provenance({"score": cfg}, cfg.seed)}
     _write_json(args.out, payload)
     show = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731 - a failed block's unknowns
+    print(f"input boxes: block_bounds {cfg.block_bounds}; self-check flagged (!) above {cfg.selfcheck_tol:g}; "
+          f"pruning uses the usable blocks (optimal or stalled{'' if cfg.mode == 'relaxed' else ', self-check passed'})")
     for b in blocks:
-        print(f"{b['block']:8} {','.join(b['layers']):22} {b['status']:14} gap {b['gap']}  "
-              f"rounds {show(b['rounds'], '3')}  vars {show(b['variables'], '7')}  rows {show(b['constraints'], '7')}  "
-              f"nonzeros {show(b['nonzeros'], '9')}  unstable {show(b['unstable_units'], '6')}  "
-              f"solve {show(b['solve_s'], '8.1f')} s  wall {show(b['wall_s'], '8.1f')} s  "
-              f"peak {show(b['peak_rss_gb'], '.1f')} GB" + (f"  ({b['error']})" if b["status"] == "failed" else ""))
+        flag = "!" if b["selfcheck_flagged"] else " "
+        print(f"{b['block']:8} {','.join(b['layers']):22} {b['status']:14} {b['final_point']:8} "
+              f"{'usable' if b['usable'] else 'UNUSED':6}  self-check {show(b['selfcheck_error'], '7.1e')}{flag}  "
+              f"gap {b['gap']}  rounds {show(b['rounds'], '3')}  vars {show(b['variables'], '7')}  "
+              f"rows {show(b['constraints'], '7')}  nonzeros {show(b['nonzeros'], '9')}  "
+              f"unstable {show(b['unstable_units'], '6')}  solve {show(b['solve_s'], '8.1f')} s  "
+              f"wall {show(b['wall_s'], '8.1f')} s  peak {show(b['peak_rss_gb'], '.1f')} GB"
+              + (f"  ({b['error']})" if b["status"] == "failed" else ""))
     print(f"{len(blocks)} blocks, {'all' if payload['all_optimal'] else 'NOT all'} optimal"
-          + (f", {len(failed)} failed (no scores: {', '.join(failed)})" if failed else "") + f"  ({args.out})")
+          + (f", {len(failed)} failed (no scores: {', '.join(failed)})" if failed else "")
+          + (f", not used for pruning: {', '.join(unused)}" if unused else "")
+          + (f", self-check above {cfg.selfcheck_tol:g}: {', '.join(flagged)}" if flagged else "") + f"  ({args.out})")
     return 1 if failed else 0
 
 
@@ -240,16 +252,31 @@ def _prune_default(f: dataclasses.Field) -> str:
     return "default: the paper's tau for the model and dataset" if f.name == "threshold" else f"default: {f.default}"
 
 
+def _read_scores(path: Path) -> tuple[dict[str, Any], Scores]:
+    """The JSON of a scores file and its `Scores`; a named error for anything else."""
+    try:
+        raw = json.loads(path.read_text())
+        scores = Scores.from_dict(raw)
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError and ConfigError are ValueErrors
+        raise CritneuronError(f"{path} is not a scores file written by `critneuron score`: {_first_line(err)}") from err
+    return raw, scores
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def _run_prune(args: argparse.Namespace) -> int:
     model, meta, data_cfg = _load_checkpoint(args)
     if not args.scores.is_file():
         raise CritneuronError(f"scores file {args.scores} does not exist: write one with `critneuron score`")
-    raw = json.loads(args.scores.read_text())
-    scores = Scores.from_dict(raw)
+    raw, scores = _read_scores(args.scores)
     made_for = raw.get("inputs", {}).get("weights")
     if made_for not in (None, weights_hash(model)):
         raise CritneuronError(f"{args.scores} scores other weights ({made_for}) than {args.checkpoint} "
                               f"({weights_hash(model)}): score this checkpoint first")
+    if "config" not in scores.provenance:
+        raise CritneuronError(f"{args.scores} has no scoring config in its provenance: write it with `critneuron score`")
     cfg = RunConfig(data=data_cfg, model=meta["model_config"], train=meta["train_config"],
                     score=from_dict(ScoreConfig, scores.provenance["config"]), prune=config_from_args(PruneConfig, args))
     row = evaluate_masks(model, scores, cfg, {split: load_split(data_cfg, split) for split in SPLITS})

@@ -29,6 +29,7 @@ Backend = Literal["highspy", "appsi"]
 LSE = Literal["lifted", "tangent"]
 FinalPoint = Literal["vertex", "interior"]
 Scaling = Literal["auto", "on", "off"]
+BlockBounds = Literal["network", "local"]
 
 
 def choices(cls: type, name: str) -> tuple:
@@ -143,7 +144,10 @@ class ScoreConfig:
     warm_start: bool = field(default=True, metadata={"help": "MIP start from s = 1 and observed activations"})
     lp_cuts_first: bool = field(default=True, metadata={
         "help": "exact mode: converge the Kelley cuts on the LP relaxation before the MIP rounds"})
-    selfcheck_tol: float = field(default=1e-4, metadata={"help": "max |MIP logits - torch logits| in exact mode"})
+    selfcheck_tol: float = field(default=1e-4, metadata={
+        "help": "max |MIP logits - torch logits with the solved shifts|: above it, exact mode warns (the encoding or "
+                "the solver tolerances are off) and relaxed mode flags the program (its relaxation no longer "
+                "describes the network on the batch)"})
     first_lp: FirstLP = field(default="auto", metadata={
         "help": "HiGHS algorithm of each phase's first LP solve: simplex, ipx (HiGHS's IPX interior point + "
                 "crossover; much faster on large LPs such as full-width VGG blocks), or auto (ipx from a million "
@@ -165,8 +169,15 @@ class ScoreConfig:
                 "(where its largest coefficient or bound reaches 1e4, as under the whole network's interval bounds "
                 "at a deep full-width VGG block; highspy backend only)"})
 
+    block_bounds: BlockBounds = field(default="network", metadata={
+        "help": "decoupled scoring: the input box of each block's program: network (the whole network's interval "
+                "bounds at the block's input, propagated from the epsilon-box around the images: the authors' rule) "
+                "or local (the block's own input h_k(x) +- epsilon, propagated through the block only: a labelled "
+                "deviation whose relaxation stays close to the network)"})
+
     def __post_init__(self) -> None:
-        for name in ("mode", "first_lp", "loss", "batch_rule", "backend", "lse", "final_point", "scaling"):
+        for name in ("mode", "first_lp", "loss", "batch_rule", "backend", "lse", "final_point", "scaling",
+                     "block_bounds"):
             _check_choice(name, getattr(self, name), choices(ScoreConfig, name))
         if self.scaling == "on" and self.backend == "appsi":
             raise ConfigError("scaling: 'on' needs the highspy backend (appsi passes the Pyomo model unscaled)")

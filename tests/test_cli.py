@@ -62,6 +62,27 @@ def test_prune_refuses_scores_of_other_weights(fc3_checkpoint: Path, tmp_path: P
     assert "score this checkpoint first" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content", ['{"objective": 1.0, "status": "optimal"}', "[1, 2]", "not json"])
+def test_prune_names_a_file_that_is_not_a_scores_file(fc3_checkpoint: Path, tmp_path: Path, content: str,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    scores_file = tmp_path / "other.json"
+    scores_file.write_text(content)
+    assert cli.main(["prune", "--checkpoint", str(fc3_checkpoint), "--scores", str(scores_file)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {scores_file} is not a scores file written by `critneuron score`") and err.count("\n") == 1
+
+
+def test_a_checkpoint_with_non_finite_weights_is_named(fc3_checkpoint: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture) -> None:
+    blob = torch.load(fc3_checkpoint, weights_only=True)
+    blob["state_dict"]["fc2.weight"][3, 5] = float("nan")
+    torch.save(blob, tmp_path / "diverged.pt")
+    with pytest.raises(CheckpointError, match=r"diverged.pt has non-finite weights \(NaN or inf\) in fc2.weight: "):
+        load_checkpoint(tmp_path / "diverged.pt")
+    assert cli.main(["score", "--checkpoint", str(tmp_path / "diverged.pt")]) == 2
+    assert "non-finite weights" in capsys.readouterr().err
+
+
 def test_score_names_a_missing_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert cli.main(["score", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
@@ -130,8 +151,10 @@ def test_decoupled_train_and_score_by_blocks(shared_data_root: Path, tmp_path: P
     assert failed["wall_s"] > 0 and failed["peak_rss_gb"] > 0 and "no feasible solution" in failed["error"]
     assert tail == first["provenance"]["blocks"][0] and out["failed_blocks"] == [failed["block"]]
     assert out["layers"] == first["layers"]  # the failed block has no scores
+    assert failed["final_point"] == "none" and out["unused_blocks"] == [failed["block"]] and out["block_bounds"] == "network"
     printed = capsys.readouterr().out
     assert f"{failed['block']:8} " in printed and "2 blocks, NOT all optimal, 1 failed" in printed
+    assert f"not used for pruning: {failed['block']}" in printed and "self-check flagged (!) above 0.0001" in printed
 
 
 def test_decoupled_scoring_needs_heads(fc3_checkpoint: Path, capsys: pytest.CaptureFixture) -> None:

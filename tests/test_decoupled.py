@@ -15,10 +15,13 @@ from critneuron.mip import blocks
 from critneuron.nets import heads as dec
 from critneuron.mip.bounds import forward, interval_bounds, module_bounds
 from critneuron.config import DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, paper_train_config
-from critneuron.errors import UnsupportedLayerError
+from critneuron.errors import ConfigError, SolveError, UnsupportedLayerError
 from critneuron.nets.data import load_split
-from critneuron.experiments.decoupled import block_executor, decoupled_network, decoupled_run
+from critneuron.experiments.decoupled import block_bounds_comparison, block_executor, decoupled_network, decoupled_run
+from critneuron.experiments.rows import table_row
+from critneuron.pruning.masks import Masks
 from critneuron.nets.models import build_model
+from critneuron.mip.scores import Scores
 from critneuron.mip.spec import network_spec
 from critneuron.experiments.store import Store
 
@@ -31,7 +34,7 @@ def toy() -> nn.Sequential:
                                      fc1=nn.Linear(12, 10))).eval()
 
 
-def toy_problems(mode_seed: int = 0) -> tuple[dec.Decoupled, list[blocks.BlockProblem], np.ndarray]:
+def toy_problems(mode_seed: int = 0, block_bounds: str = "network") -> tuple[dec.Decoupled, list[blocks.BlockProblem], np.ndarray]:
     net = dec.Decoupled.build(toy(), seed=0)
     gen = torch.Generator().manual_seed(mode_seed)
     for p in net.heads.parameters():  # untrained heads: random but not all-zero weights
@@ -42,7 +45,7 @@ def toy_problems(mode_seed: int = 0) -> tuple[dec.Decoupled, list[blocks.BlockPr
     x = torch.rand(3, 3, 32, 32, generator=gen)
     y = torch.tensor([0, 1, 2])
     batch = (x, y, torch.arange(3))
-    return net, blocks.block_problems(net, [batch, batch], epsilon=1e-3), x.double().numpy()
+    return net, blocks.block_problems(net, [batch, batch], epsilon=1e-3, block_bounds=block_bounds), x.double().numpy()
 
 
 def test_split_blocks_of_the_paper_networks() -> None:
@@ -90,6 +93,48 @@ def test_block_inputs_and_boxes_come_from_the_whole_network() -> None:
     net.model.float()
     assert np.allclose(problems[1].x, expected, atol=1e-12)
     assert (upper - lower).max() > 2e-3  # wider than the ε-box: the box really is propagated
+
+
+def test_local_block_bounds_box_each_block_by_its_own_inputs() -> None:
+    """`block_bounds: local`: the same inputs, boxed by x ± ε; the tail's relaxation then has fewer
+    unstable units and describes the network more closely; the rule is in the rows and checked."""
+    _net, network, _x = toy_problems()
+    _net, local, _x = toy_problems(block_bounds="local")
+    assert local[0].input_box is None and [p.block_bounds for p in local] == ["local"] * 2
+    np.testing.assert_array_equal(local[1].x, network[1].x)
+    lower, upper = local[1].input_box
+    np.testing.assert_allclose(upper - local[1].x, 1e-3)
+    np.testing.assert_array_equal(lower, np.maximum(local[1].x - 1e-3, 0))
+    cfg = ScoreConfig(time_limit=60)
+    wide = blocks.solve_block(network[1], cfg)
+    tight = blocks.solve_block(local[1], dataclasses.replace(cfg, block_bounds="local"))
+    assert tight.provenance["unstable_units"] < wide.provenance["unstable_units"]
+    assert tight.provenance["selfcheck_error"] <= wide.provenance["selfcheck_error"]
+    rows = blocks.combine([wide], "decoupled").provenance["blocks"] + blocks.combine([tight], "decoupled").provenance["blocks"]
+    assert [r["block_bounds"] for r in rows] == ["network", "local"]
+    with pytest.raises(ConfigError, match="built with block_bounds 'local', the config says 'network'"):
+        blocks.solve_block(local[1], cfg)
+    with pytest.raises(ConfigError, match="block_bounds must be one of"):
+        blocks.block_problems(_net, [(torch.rand(1, 3, 32, 32), torch.tensor([0]), torch.arange(1))] * 2, 1e-3, "global")
+
+
+def test_only_usable_blocks_give_scores_and_every_block_keeps_its_row() -> None:
+    """A block stopped by a limit or failed adds no scores; a relaxed block above selfcheck_tol is
+    used and flagged; in exact mode a failed self-check makes a block unusable."""
+    _net, problems, _x = toy_problems()
+    first, tail = blocks.solve_blocks(problems, ScoreConfig(time_limit=60))
+    limited = Scores(tail.layers, tail.method, {**tail.provenance, "solver": {**tail.provenance["solver"],
+                                                                                     "status": "maxTimeLimit"}})
+    combined = blocks.combine([first, limited], "decoupled")
+    rows = combined.provenance["blocks"]
+    assert list(combined.layers) == ["conv1"] and [r["usable"] for r in rows] == [True, False]
+    assert rows[0]["final_point"] in ("interior", "vertex") and rows[0]["selfcheck_error"] is not None
+    failed = blocks.failure_row(problems[1], "no point", {})
+    rows = blocks.combine([first, failed], "decoupled").provenance["blocks"]
+    assert rows[1]["final_point"] == "none" and not rows[1]["usable"] and rows[1]["block_bounds"] == "network"
+    assert blocks.failure_row(problems[0], "no point", {})["dropped"] == rows[0]["dropped"] == ["head_conv", "head_fc1"]
+    assert blocks.usable("stalled", "relaxed", False) and blocks.usable("optimal", "relaxed", False)
+    assert not blocks.usable("optimal", "exact", False) and not blocks.usable("maxIterations", "relaxed", True)
 
 
 def test_sub_mip_self_check_passes_and_keeps_only_network_layers() -> None:
@@ -144,7 +189,7 @@ def test_decoupled_training_trains_a_classifier_and_leaves_the_network_plain(sha
     assert all(torch.equal(frozen[k], v) for k, v in model.state_dict().items())  # heads only
 
 
-def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_path) -> None:
+def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_path, monkeypatch) -> None:
     cfg = RunConfig(data=DataConfig(dataset="mnist", root=str(shared_data_root), subset=3000, test_subset=500),
                     model=ModelConfig(name="lenet5"),
                     train=dataclasses.replace(paper_train_config("lenet5", "mnist", epochs=2), batch_size=32),
@@ -160,6 +205,31 @@ def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_p
     assert len(store.ls()) == n_runs and again["scores"] == row["scores"]
     net, _metrics = decoupled_network(cfg, store)
     assert torch.equal(net.heads[0].head_fc2.weight, decoupled_network(cfg, store)[0].heads[0].head_fc2.weight)
+
+    comparison = block_bounds_comparison(net, cfg, store)  # network: the stored blocks; local: two new ones
+    assert [(r["block_bounds"], r["block"]) for r in comparison] == [
+        ("network", "block1"), ("network", "tail"), ("local", "block1"), ("local", "tail")]
+    assert comparison[0]["unstable_units"] == comparison[2]["unstable_units"]  # block 1: the same box
+    assert comparison[3]["unstable_units"] <= comparison[1]["unstable_units"]
+    assert comparison[0]["pruned_test_acc"] == row["pruned"]["test"]["accuracy"]
+    assert sum(r["pruned"] for r in comparison[:2]) == sum(Masks.from_dict(row["masks"]).n_pruned().values())
+    assert len(store.ls("score")) == 4
+
+    real_score = blocks.score
+
+    def tail_fails(model, x, y, score_cfg, *args):  # the tail's solve ends without a point (as a time-out would)
+        if "fc2" in dict(model.named_children()):
+            raise SolveError("HiGHS ended with status maxTimeLimit and no feasible solution", {"rounds": 0})
+        return real_score(model, x, y, score_cfg, *args)
+
+    monkeypatch.setattr(blocks, "score", tail_fails)
+    cut = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, time_limit=61))  # new keys: solved again
+    row = decoupled_run(cut, store)
+    assert [(b["status"], b["usable"], b["final_point"]) for b in row["blocks"]][1] == ("failed", False, "none")
+    assert set(row["scores"]) == {"conv1"} and set(row["masks"]["kept"]) == {"conv1"}
+    flat = table_row(row)
+    assert flat["unused_mips"] == 1 and flat["status"] == "failed" and flat["solve_s"] == row["blocks"][0]["solve_s"]
+    assert flat["block_bounds"] == "network"
 
 
 @pytest.mark.parametrize("name, width", [("lenet5", 1.0), ("vgg16", 1 / 16)])

@@ -5,6 +5,7 @@ and the comparison with one whole-network MIP on the same batch.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from concurrent.futures import Executor
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from critneuron.catalog import dataset_record
-from critneuron.config import RunConfig, paper_train_config, to_dict
+from critneuron.config import RunConfig, ScoreConfig, choices, paper_train_config, to_dict
 from critneuron.errors import ConfigError, SolveError
 from critneuron.experiments.runs import (
     SCORING, TRAIN_CODE, TRAIN_THREADS, TRAINING_MODULES, checkpoint_output, mip_scores, score_inputs, train_config, train_inputs, trained_model,
@@ -33,7 +34,7 @@ from critneuron.nets.data import SPLITS, dataset_source, load_split
 from critneuron.nets.heads import Decoupled, head_accuracies, train_decoupled
 from critneuron.nets.models import build_model
 from critneuron.nets.train import clone_state, evaluate, load_checkpoint, torch_threads
-from critneuron.pruning.masks import mask_agreement, masks_from_scores
+from critneuron.pruning.masks import apply_masks, mask_agreement, masks_from_scores
 
 
 DECOUPLED_TRAIN_CODE = Code((*TRAINING_MODULES, "critneuron.experiments.decoupled:_train_decoupled"))
@@ -149,9 +150,11 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
                          scheduler: str | None = None, blocks: Sequence[int] | None = None,
                          correct_only: bool = True, keep_failed: bool = False) -> Scores:
     """Scores of every block's sub-MIP (each solved once per key, stored as it finishes, so a
-    killed run resumes), combined. A block without a solution raises `SolveError` (after the
-    others are stored), or with `keep_failed` stays in the blocks' rows as status "failed" (its
-    error, sizes, time and memory; `mip.blocks.failure_row`) with no scores.
+    killed run resumes), combined (`mip.blocks.combine`: only usable blocks add scores). A block
+    without a solution raises `SolveError` (after the others are stored), or with `keep_failed`
+    stays in the blocks' rows as status "failed" (its error, sizes, time and memory;
+    `mip.blocks.failure_row`) with no scores. Each block's input box follows
+    `cfg.score.block_bounds` (part of its store key).
 
     `batches`: one (x, y, indices) per block; default `mip.blocks.block_batches` (each block's
     batch chosen by its own head's correctness; `correct_only=False`: any images of each class).
@@ -160,7 +163,7 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
     """
     train = load_split(cfg.data, "train")
     batches = batches or block_batches(net, train, cfg.score.batch_size, cfg.score.seed, correct_only)
-    problems = block_problems(net, batches, cfg.score.epsilon)
+    problems = block_problems(net, batches, cfg.score.epsilon, cfg.score.block_bounds)
     if blocks:
         wrong = sorted(set(blocks) - set(range(1, len(problems) + 1)))
         if wrong:
@@ -194,10 +197,12 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
 def decoupled_run(cfg: RunConfig, store: Store | None = None, training: str = "decoupled", workers: int = 1,
                   progress: bool = False) -> dict[str, Any]:
     """Train with heads (cached), score every block (cached), prune at τ, evaluate: the table row
-    plus one row per block (status, gap, times, unstable units) and how the net was trained."""
+    plus one row per block (status, final point, usable, self-check, gap, times, unstable units)
+    and how the net was trained. A failed or limit-stopped block keeps its row and prunes nothing
+    (`mip.blocks.usable`); the run goes on."""
     store = store or Store()
     net, train_metrics = decoupled_network(cfg, store, training, progress)
-    scores = decoupled_mip_scores(net, cfg, store, training, workers, progress)
+    scores = decoupled_mip_scores(net, cfg, store, training, workers, progress, keep_failed=True)
     data = {s: load_split(cfg.data, s) for s in SPLITS}
     row = evaluate_masks(net.model, scores, cfg, data)
     row.update({"config": to_dict(cfg), "training": training, "source": dataset_source(cfg.data),
@@ -221,3 +226,31 @@ def decoupled_vs_whole(net: Decoupled, cfg: RunConfig, store: Store, training: s
             "agreement": mask_agreement(masks["whole"], masks["decoupled"]),
             "seconds": {"whole": seconds["bounds"] + seconds["build"] + seconds["solve"],
                         "decoupled": sum(b["wall_s"] for b in split.provenance["blocks"])}}
+
+
+BOUNDS_COLUMNS = ("block", "layers", "unstable_units", "variables", "constraints", "nonzeros", "status", "final_point",
+                  "usable", "rounds", "solve_s", "wall_s", "peak_rss_gb", "selfcheck_error", "selfcheck_flagged")
+
+
+def block_bounds_comparison(net: Decoupled, cfg: RunConfig, store: Store, training: str = "decoupled",
+                            workers: int = 1, rules: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """The same network scored block by block under each `ScoreConfig.block_bounds` rule (default:
+    network and local; blocks cached per rule): one row per rule and block (`BOUNDS_COLUMNS`, the
+    block's units and how many its usable scores prune at τ) with the pruned network's test
+    accuracy (no fine-tuning) under that rule. Blocks that fail keep their rows."""
+    tau = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
+    test = load_split(cfg.data, "test")
+    out = []
+    for rule in rules or choices(ScoreConfig, "block_bounds"):
+        run = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, block_bounds=rule))
+        scores = decoupled_mip_scores(net, run, store, training, workers, keep_failed=True)
+        masks = masks_from_scores(scores, tau)
+        accuracy, _loss = evaluate(apply_masks(net.model, masks, cfg.prune.bias), test)
+        sizes = {name: module.out_features if isinstance(module, nn.Linear) else module.out_channels
+                 for name, module in net.model.named_children() if isinstance(module, (nn.Linear, nn.Conv2d))}
+        pruned = masks.n_pruned()
+        out += [{"block_bounds": rule, **{k: block.get(k) for k in BOUNDS_COLUMNS},
+                 "units": sum(sizes[name] for name in block["layers"]),
+                 "pruned": sum(pruned.get(name, 0) for name in block["layers"]),
+                 "tau": tau, "pruned_test_acc": accuracy} for block in scores.provenance["blocks"]]
+    return out

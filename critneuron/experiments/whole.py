@@ -73,8 +73,11 @@ def prune_run(cfg: RunConfig, store: Store | None = None, progress: bool = False
 
 def score_columns(scores: Scores) -> dict[str, Any]:
     """What a result row keeps of a MIP score: the scores, solver report, Kelley history, times,
-    ReLU stability counts, self-check error and batch indices."""
+    ReLU stability counts, self-check error and batch indices; of decoupled scores, the scores and
+    the blocks' rows (`mip.blocks.combine`)."""
     prov = scores.provenance
+    if "blocks" in prov:
+        return {"scores": scores.to_dict()["layers"], "blocks": prov["blocks"], "training": prov["training"]}
     return {
         "scores": scores.to_dict()["layers"], "solver": {k: v for k, v in prov["solver"].items() if k != "history"},
         "kelley": prov["solver"]["history"], "seconds": prov["seconds"], "relu": prov["relu"],

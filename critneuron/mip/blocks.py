@@ -3,8 +3,9 @@ input boxes, parallel solving, and the combined scores.
 
 Block k + head k's MIP scores Conv_k (plus the head's layers, whose scores are dropped); the
 tail's MIP scores every scored layer in it. The sub-MIPs are independent and are solved in
-parallel on any `concurrent.futures` executor (a Dask cluster's, see `experiments.cluster`); each
-input box is the whole network's interval bounds at the block's input.
+parallel on any `concurrent.futures` executor (a Dask cluster's, see `experiments.cluster`). Each
+input box is, under `ScoreConfig.block_bounds` "network" (the authors' rule), the whole network's
+interval bounds at the block's input, or under "local" the block's own input ± ε (cut at 0).
 """
 
 from __future__ import annotations
@@ -23,19 +24,21 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from critneuron.config import ScoreConfig
-from critneuron.errors import CritneuronError, SolveError
+from critneuron.config import BlockBounds, ScoreConfig, choices
+from critneuron.errors import ConfigError, CritneuronError, SolveError
 from critneuron.mip.bounds import module_bounds
 from critneuron.mip.scores import Scores, score
 from critneuron.nets.batches import mip_batch
 from critneuron.nets.data import TensorData
 from critneuron.nets.heads import Decoupled
+from critneuron.nets.models import scored_layer_names
 
 
 @dataclass
 class BlockProblem:
     """One sub-MIP: the sub-model, its batch (inputs = the prefix's outputs), the input box (the
-    whole network's interval bounds there, from the ε-box around the images) and the layers kept."""
+    network's interval bounds there, or under block_bounds "local" the inputs ± ε cut at 0; None:
+    the images ± ε) and the layers kept."""
 
     name: str
     sub_model: nn.Sequential
@@ -44,6 +47,7 @@ class BlockProblem:
     batch_indices: list[int]
     input_box: tuple[np.ndarray, np.ndarray] | None
     kept: list[str]
+    block_bounds: BlockBounds = "network"
 
 
 def block_batches(net: Decoupled, data: TensorData, batch_size: int, seed: int,
@@ -54,8 +58,16 @@ def block_batches(net: Decoupled, data: TensorData, batch_size: int, seed: int,
     return [mip_batch(c, data, batch_size, seed=seed, correct_only=correct_only) for c in classifiers]
 
 
-def block_problems(net: Decoupled, batches: list[tuple], epsilon: float) -> list[BlockProblem]:
-    """The sub-MIPs of every block on its batch (`block_batches`, or one batch repeated)."""
+def block_problems(net: Decoupled, batches: list[tuple], epsilon: float,
+                   block_bounds: BlockBounds = "network") -> list[BlockProblem]:
+    """The sub-MIPs of every block on its batch (`block_batches`, or one batch repeated).
+
+    `block_bounds` (`ScoreConfig.block_bounds`): "network" boxes each block's input by the whole
+    network's interval bounds there (the authors' rule); "local" by the block's own input ± ε,
+    cut at 0 (a block's input is the previous block's ReLU output), so its bounds are propagated
+    through the block only. Block 1 (the images ± ε) is the same under both."""
+    if block_bounds not in choices(ScoreConfig, "block_bounds"):
+        raise ConfigError(f"block_bounds must be one of {choices(ScoreConfig, 'block_bounds')}, got {block_bounds!r}")
     model = net.eval().model.cpu()
     net.heads.cpu()
     ends = {block[-1] for block in net.blocks[:-1]}  # a block ends with its ReLU; the next one starts there
@@ -68,9 +80,12 @@ def block_problems(net: Decoupled, batches: list[tuple], epsilon: float) -> list
             inputs, box = x.double().numpy(), None
         else:
             value, lower, upper = outputs[net.blocks[k - 1][-1]]
-            inputs, box = value[rows], (lower[rows], upper[rows])
+            inputs = value[rows]
+            if block_bounds == "local":  # the block's input is a ReLU output: nothing lies below 0
+                lower, upper = np.maximum(value - epsilon, 0.0), value + epsilon
+            box = (lower[rows], upper[rows])
         problems.append(BlockProblem(net.names()[k], net.sub_model(k), inputs, y.numpy(),
-                                     [int(i) for i in indices], box, net.kept_layers(k)))
+                                     [int(i) for i in indices], box, net.kept_layers(k), block_bounds))
     return problems
 
 
@@ -78,6 +93,9 @@ def solve_block(problem: BlockProblem, cfg: ScoreConfig) -> Scores:
     """Score one sub-MIP; the result keeps only the network's own layers, and its provenance
     names the block, the head layers that were scored and dropped, the wall time and the peak
     resident memory of the process while it solved."""
+    if problem.block_bounds != cfg.block_bounds:  # the stored config must name the box the program had
+        raise ConfigError(f"{problem.name} was built with block_bounds {problem.block_bounds!r}, "
+                          f"the config says {cfg.block_bounds!r}")
     start = time.perf_counter()
     with peak_memory() as peak:
         try:
@@ -164,9 +182,13 @@ def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, executor: Execu
 
 
 def failure_row(problem: BlockProblem, error: str, details: dict) -> dict:
-    """The per-block row (as in `combine`) of a block that has no solution: status "failed", the
-    error, and what is known of the solve (solver status, rounds, sizes, time, peak memory)."""
-    return {"block": problem.name, "layers": problem.kept, "status": "failed", "error": error,
+    """The per-block row (as in `combine`) of a block that has no solution: status "failed", no
+    final point, not usable, the error, and what is known of the solve (solver status, rounds,
+    sizes, time, peak memory)."""
+    dropped = [name for name in scored_layer_names(problem.sub_model) if name not in problem.kept]
+    return {"block": problem.name, "layers": problem.kept, "dropped": dropped, "status": "failed", "error": error,
+            "final_point": "none", "usable": False, "selfcheck_error": None, "selfcheck_flagged": None,
+            "block_bounds": problem.block_bounds,
             "gap": None, "objective": None, "solver_status": details.get("solver_status"),
             "rounds": details.get("rounds"), "variables": details.get("variables"),
             "constraints": details.get("constraints"), "nonzeros": details.get("nonzeros"),
@@ -176,28 +198,51 @@ def failure_row(problem: BlockProblem, error: str, details: dict) -> dict:
             "batch_indices": problem.batch_indices}
 
 
+USABLE_STATUSES = ("optimal", "stalled")
+
+
+def usable(status: str, mode: str, selfcheck_passed: bool) -> bool:
+    """Whether pruning uses a block's scores: its Kelley loop ended at the program's optimum
+    (`USABLE_STATUSES`: "optimal", or "stalled": the log-sum-exp gap as small as the LP resolves)
+    and, in exact mode, the self-check passed (there a larger error means the encoding or the
+    solver is off). In relaxed mode the self-check error measures the relaxation, so a block above
+    `ScoreConfig.selfcheck_tol` stays usable and is flagged (`selfcheck_flagged`). A block stopped
+    by the time or round limit (its point is an earlier round's) or failed is not used."""
+    return status in USABLE_STATUSES and (mode == "relaxed" or selfcheck_passed)
+
+
+def block_row(scores: Scores) -> dict:
+    """A solved block's row in `combine`: status, final point, whether its scores are usable,
+    self-check error and flag, the bounds rule, sizes, times and memory."""
+    prov = scores.provenance
+    solver, cfg = prov["solver"], prov["config"]
+    return {"block": prov["block"], "layers": prov["kept_layers"], "dropped": prov["dropped_layers"],
+            "status": solver["status"], "final_point": solver.get("final_point", "vertex"),
+            "usable": usable(solver["status"], cfg["mode"], prov["selfcheck_passed"]),
+            "selfcheck_error": prov["selfcheck_error"], "selfcheck_flagged": not prov["selfcheck_passed"],
+            "block_bounds": cfg.get("block_bounds", "network"),
+            "gap": solver["gap"], "rounds": solver["rounds"],
+            "objective": solver["objective"], "variables": solver["n_variables"],
+            "constraints": solver["n_constraints"], "nonzeros": solver.get("n_nonzeros"),
+            "binaries": solver["n_binaries"],
+            "bounds_s": prov["seconds"]["bounds"], "build_s": prov["seconds"]["build"],
+            "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"],
+            "peak_rss_gb": prov.get("peak_rss_gb"), "unstable_units": prov["unstable_units"],
+            "batch_indices": prov["batch_indices"], "input_box": prov["input_box"]}
+
+
 def combine(block_scores: list[Scores | dict], training: str) -> Scores:
-    """One `Scores` for the whole network from the blocks' kept scores; provenance has one row
-    per block (status, gap, times, unstable units, self-check) and how the network was trained.
-    A block given as a `failure_row` keeps its row and adds no scores."""
+    """One `Scores` for the whole network from the usable blocks' kept scores (`usable`); the
+    provenance has one row per block (`block_row`: status, final point, usable, self-check error
+    and flag, times, unstable units) and how the network was trained. A block given as a
+    `failure_row`, or one whose scores are not usable, keeps its row and adds no scores (pruning
+    leaves its layers whole)."""
     layers, rows = {}, []
     for s in block_scores:
-        if isinstance(s, dict):
-            rows.append(s)
-            continue
-        layers.update(s.layers)
-        prov = s.provenance
-        solver = prov["solver"]
-        rows.append({"block": prov["block"], "layers": prov["kept_layers"], "dropped": prov["dropped_layers"],
-                     "status": solver["status"], "gap": solver["gap"], "rounds": solver["rounds"],
-                     "objective": solver["objective"], "variables": solver["n_variables"],
-                     "constraints": solver["n_constraints"], "nonzeros": solver.get("n_nonzeros"),
-                     "binaries": solver["n_binaries"],
-                     "bounds_s": prov["seconds"]["bounds"], "build_s": prov["seconds"]["build"],
-                     "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"],
-                     "peak_rss_gb": prov.get("peak_rss_gb"),
-                     "unstable_units": prov["unstable_units"], "selfcheck_error": prov["selfcheck_error"],
-                     "batch_indices": prov["batch_indices"], "input_box": prov["input_box"]})
+        row = s if isinstance(s, dict) else block_row(s)
+        rows.append(row)
+        if row["usable"]:
+            layers.update(s.layers)
     solved = [s for s in block_scores if not isinstance(s, dict)]
     provenance = {"training": training, "blocks": rows, "config": solved[0].provenance["config"] if solved else None}
     return Scores(layers, "mip-decoupled", provenance)

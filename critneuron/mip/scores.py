@@ -17,7 +17,7 @@ from torch import nn
 
 from critneuron.mip.bounds import Bounds, interval_bounds, shift_scale
 from critneuron.config import ScoreConfig, to_dict
-from critneuron.errors import SelfCheckWarning, SolveError
+from critneuron.errors import ConfigError, SelfCheckWarning, SolveError
 from critneuron.mip.formulation import build_formulation
 from critneuron.mip.solve import solve
 from critneuron.mip.spec import AffineSpec, NetworkSpec, network_spec
@@ -47,7 +47,13 @@ class Scores:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Scores":
-        """Inverse of `to_dict`."""
+        """Inverse of `to_dict`; ConfigError if `data` does not have its form (a method name and a
+        mapping of layer names to lists of numbers)."""
+        if not (isinstance(data, dict) and isinstance(data.get("method"), str) and isinstance(data.get("layers"), dict)
+                and all(isinstance(v, list) for v in data["layers"].values())):
+            keys = sorted(data)[:8] if isinstance(data, dict) else type(data).__name__
+            raise ConfigError(f"not a scores file: expected 'method' and 'layers' (layer name -> list of scores), "
+                              f"got {keys}")
         layers = {k: np.asarray(v, dtype=float) for k, v in data["layers"].items()}
         return cls(layers=layers, method=data["method"], provenance=data.get("provenance", {}))
 

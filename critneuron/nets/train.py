@@ -192,7 +192,7 @@ def save_checkpoint(
 def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, Any]]:
     """Rebuild the model from a checkpoint alone; meta holds the configs (as dataclasses),
     `init_state`, `metrics`, `torch_version` and `heads` (empty unless decoupled-trained). CheckpointError (naming the file) if it is not
-    a readable critneuron checkpoint."""
+    a readable critneuron checkpoint, or if a weight or buffer of the network or its heads is NaN or inf."""
     try:
         blob = torch.load(Path(path), map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or foreign files fail in pickle, zipfile, torch or OS code
@@ -214,6 +214,12 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[nn.Sequential, dict[str, A
         }
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(f"{path} is a damaged critneuron checkpoint: {_one_line(err)}") from err
+    bad = [name for name, value in [*model.state_dict().items(), *meta["heads"].items()]
+           if value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        raise CheckpointError(f"{path} has non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
+                              f"{' and more' if len(bad) > 3 else ''}: training diverged; train it again "
+                              "(e.g. with a lower --lr)")
     return model, meta
 
 
