@@ -102,7 +102,7 @@ def checkpoint_output(model: nn.Module, cfg: RunConfig, init_state, metrics: dic
 
 def score_inputs(model: nn.Sequential, data: DataConfig, cfg: ScoreConfig,
                  correct_only: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
-    """The balanced MIP batch (x, y) of `model` chosen by `cfg.batch_rule` (`data.select_mip_batch`),
+    """The balanced MIP batch (x, y) of `model` chosen by `cfg.batch_rule` (`nets.batches.select_mip_batch`),
     and everything that determines a score besides `cfg`: weights hash, dataset, source, batch
     indices, versions. `correct_only=False`: images need not be classified correctly (untrained
     networks; the random rule only)."""

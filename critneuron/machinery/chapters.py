@@ -50,10 +50,12 @@ def budget_configs(configs: Sequence[dict], budget_runs: Sequence[Sequence[str]]
 def decoupled_configs(dataset: str, runs: Sequence[Sequence], epochs: int | None, data_root: str | None,
                       subset: int | None, test_subset: int | None, seeds: Sequence[int], lambda_: float,
                       threshold: float | None, mode: str, batch_size: int, time_limit: float,
-                      finetune_epochs: int, **_other: Any) -> list[tuple[RunConfig, str]]:
+                      finetune_epochs: int, block_bounds: str = "network",
+                      **_other: Any) -> list[tuple[RunConfig, str]]:
     """Chapter 03: (run config, training) of every (model, width, training) run and seed."""
     data = DataConfig(dataset=dataset, root=data_root, subset=subset, test_subset=test_subset)
-    score = ScoreConfig(lambda_=lambda_, mode=mode, batch_size=batch_size, time_limit=time_limit)
+    score = ScoreConfig(lambda_=lambda_, mode=mode, batch_size=batch_size, time_limit=time_limit,
+                        block_bounds=block_bounds)
     prune = PruneConfig(threshold=threshold, finetune_epochs=finetune_epochs)
     return [(RunConfig(data=data, model=ModelConfig(name=name, width=width), score=score, prune=prune,
                        train=paper_train_config(name, dataset, epochs, seed)), training)

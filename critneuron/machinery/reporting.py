@@ -109,6 +109,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "units_changing_side": ("Units changing side of τ", "count"),
     "max_abs_score_difference": ("Largest score difference", "number"),
     "objective_difference": ("Objective difference", "sci"), "interior_point": ("Final point", "text"),
+    "final_point": ("Final point", "text"), "usable": ("Scores used", "text"),
+    "selfcheck_flagged": ("Self-check flagged", "text"), "block_bounds": ("Block input box", "text"),
     "solve_s_vertex": ("Solve time, vertex (s)", "seconds"), "solve_s_interior": ("Solve time, interior (s)", "seconds"),
 }
 COLUMNS.update({method: (f"{method} acc %", "fraction") for method in (  # per pruning method or mask (02, 04)

@@ -53,7 +53,7 @@ class BlockProblem:
 def block_batches(net: Decoupled, data: TensorData, batch_size: int, seed: int,
                   correct_only: bool = True) -> list[tuple]:
     """Per sub-model, the balanced MIP batch (x, y, indices) its own classifier gets right:
-    head k's network for block k, the whole network for the tail (see `data.mip_batch`)."""
+    head k's network for block k, the whole network for the tail (see `nets.batches.mip_batch`)."""
     classifiers = [net.classifier(k) for k in range(len(net.heads))] + [net.model]
     return [mip_batch(c, data, batch_size, seed=seed, correct_only=correct_only) for c in classifiers]
 
