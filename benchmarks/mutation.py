@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=1500.0,
                         help="start no new chunk of 25 mutants after this many seconds")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/critneuron-mutation"))
+    parser.add_argument("--only", nargs="+", default=None, help="run these mutants (e.g. a run's survivors) instead")
     args = parser.parse_args()
     print_environment(environment())
     print(f"mutmut {version('mutmut')}, hypothesis {version('hypothesis')} (profile 'mutation')")
@@ -85,6 +86,8 @@ def main() -> None:
             break
     # in drawn order, so that a time budget cuts the sample at random, not one module's mutants
     sample = random.Random(args.seed).sample(names, args.sample if 0 < args.sample < len(names) else len(names))
+    if args.only:
+        sample = [name for name in args.only if name in names]
     start, codes, done = time.perf_counter(), set(), []
     for chunk in range(0, len(sample), 25):
         if time.perf_counter() - start > args.budget_s:
@@ -99,7 +102,7 @@ def main() -> None:
     counts = collections.Counter(results[name] for name in sample)
     per_file = collections.Counter(name.split(".x")[0] for name in sample)
     print(f"mutants: {len(names)} in {', '.join(MUTATED)}; run: {len(sample)}"
-          f"{f' (a seeded sample, seed {args.seed})' if len(sample) < len(names) else ''}"
+          f"{' (given by --only)' if args.only else f' (a seeded sample, seed {args.seed})' if len(sample) < len(names) else ''}"
           f"{f'; {left_out} more drawn but not run (time budget)' if left_out else ''}")
     print("run per module: " + ", ".join(f"{k} {v}" for k, v in sorted(per_file.items())))
     print(f"killed: {counts['killed']}  survived: {counts['survived']}  timed out: {counts['timeout']}  "

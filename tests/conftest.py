@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 
 from critneuron.config import DataConfig, paper_train_config
 from critneuron.nets.data import load_split
@@ -24,10 +24,11 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 # Property-based tests: no per-example deadline (a solve's time varies on a loaded machine); in CI
 # (CI=true) the examples are derandomized, so a run is repeatable and a failure reproducible;
-# HYPOTHESIS_PROFILE=mutation runs few of them (benchmarks/mutation.py).
+# HYPOTHESIS_PROFILE=mutation runs few of them and does not shrink a failure (benchmarks/mutation.py).
 settings.register_profile("dev", max_examples=35, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", parent=settings.get_profile("dev"), derandomize=True, print_blob=True)
-settings.register_profile("mutation", parent=settings.get_profile("ci"), max_examples=10)
+settings.register_profile("mutation", parent=settings.get_profile("ci"), max_examples=10,
+                          phases=[Phase.explicit, Phase.reuse, Phase.generate])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI", "").lower() == "true"
                                                                else "dev"))
 

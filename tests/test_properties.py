@@ -19,7 +19,7 @@ from critneuron.mip.bounds import interval_bounds, module_bounds, stability_coun
 from critneuron.mip.scores import score
 from critneuron.mip.spec import network_spec
 from critneuron.pruning.compact import compact_model
-from critneuron.pruning.masks import apply_masks, masks_from_scores
+from critneuron.pruning.masks import apply_masks, count_params_flops, masks_from_scores
 from oracle import TinyProgram
 from tolerances import HIGHS_FEASIBILITY, objective_tolerance
 
@@ -159,8 +159,10 @@ def _check_masks(net: nn.Sequential, result, shape: tuple, tau: float) -> None:
     if not all(masks.kept.values()):
         return  # a layer with no unit left compacts to a Conv2d(·, 0) or BatchNorm(0) that torch cannot run
     net64 = net.double()
+    assert count_params_flops(net64, None, shape)[0] == sum(p.numel() for p in net64.parameters())
     masked = apply_masks(net64, masks)
     compact, _ = compact_model(net64, masks, input_shape=shape)
+    assert count_params_flops(net64, masks, shape)[0] == sum(p.numel() for p in compact.parameters())
     probe = torch.rand(4, *shape, dtype=torch.float64)
     with torch.no_grad():
         assert torch.allclose(compact(probe), masked(probe), atol=1e-10)

@@ -18,6 +18,7 @@ from critneuron.pruning.masks import (
     apply_masks,
     count_params_flops,
     freeze_masks,
+    mask_agreement,
     masks_from_scores,
     masks_with_counts,
     pruning_stats,
@@ -238,3 +239,15 @@ def test_frozen_lenet5_survives_train_model(dataset: str) -> None:
         apply_masks(tuned, masks)
     unfreeze_masks(tuned)
     assert set(tuned.state_dict()) == set(model.state_dict()) and torch.all(tuned.fc1.weight[1::2] == 0)
+
+
+def test_masks_name_their_inconsistencies_count_whole_layers_and_compare():
+    with pytest.raises(ConfigError, match=r"kept layers \['fc1'\] != sized layers \['fc2'\]"):
+        Masks(kept={"fc1": [0]}, sizes={"fc2": 1})
+    scores = Scores(layers={"fc1": np.array([0.3, 0.1, 0.2])}, method="mip")
+    assert masks_with_counts(scores, {"fc1": 3}).kept == {"fc1": []}
+    with pytest.raises(ConfigError, match="cannot prune 4 of the 3 units of fc1"):
+        masks_with_counts(scores, {"fc1": 4})
+    a, b = Masks(kept={"fc1": [0, 1]}, sizes={"fc1": 4}), Masks(kept={"fc1": [1, 2]}, sizes={"fc1": 4})
+    # pruned {2, 3} and {0, 3}: units 1 and 3 treated alike, Jaccard |{3}| / |{0, 2, 3}|
+    assert mask_agreement(a, b) == {"fc1": {"agreement": 0.5, "jaccard": 1 / 3, "pruned_a": 2, "pruned_b": 2}}

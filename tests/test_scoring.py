@@ -306,3 +306,15 @@ def test_highs_time_limit_counts_the_runs_so_far():
     for backend in ("highspy", "appsi"):
         report = score(net, x, y, ScoreConfig(time_limit=5, backend=backend)).provenance["solver"]
         assert report["rounds"] > 1 and report["status"] == "optimal"  # the limit works across rounds
+
+
+@pytest.mark.parametrize("module,shape,message", [
+    (nn.Conv2d(1, 1, 3, dilation=2), (1, 6, 6), "only Conv2d with groups=1, dilation=1 and numeric zero padding"),
+    (nn.Conv2d(1, 1, 3, padding=1, padding_mode="reflect"), (1, 6, 6), "only Conv2d with groups=1"),
+    (nn.Conv2d(2, 2, 3, groups=2), (2, 6, 6), "only Conv2d with groups=1"),
+    (nn.Conv2d(1, 1, 3), (2, 6, 6), r"layer: Conv2d expects 1 input channels, got shape \(2, 6, 6\)"),
+    (nn.AvgPool2d(2, padding=1), (1, 6, 6), "layer: only AvgPool2d without padding or ceil_mode"),
+], ids=["dilation", "padding_mode", "groups", "channels", "avgpool_padding"])
+def test_layer_options_without_an_encoding_are_named(module, shape, message):
+    with pytest.raises(UnsupportedLayerError, match=message):
+        network_spec(nn.Sequential(OrderedDict(layer=module)), shape)
