@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, environment, print_environment  # noqa: E402
 
-from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, paper_train_config  # noqa: E402
+from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, choices, paper_train_config  # noqa: E402
 from critneuron.experiments.decoupled import block_bounds_comparison, decoupled_network  # noqa: E402
 from critneuron.experiments.store import Store  # noqa: E402
 
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=float, default=0.0625, help="channel multiplier (vgg16 only)")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--workers", type=int, default=1, help="sub-MIPs solved at once (1: serial)")
-    parser.add_argument("--rules", nargs="+", default=None, choices=("network", "local"),
+    parser.add_argument("--rules", nargs="+", default=None, choices=choices(ScoreConfig, "block_bounds"),
                         help="block_bounds rules to score (default: both)")
     add_common_args(parser, "bench_block_bounds")
     args = parser.parse_args(argv)

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, environment, print_environment  # noqa: E402
 
 from critneuron.cli import block_list  # noqa: E402
-from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, paper_train_config  # noqa: E402
+from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, choices, paper_train_config  # noqa: E402
 from critneuron.errors import SolveError  # noqa: E402
 from critneuron.experiments.decoupled import block_executor, decoupled_network, with_heads  # noqa: E402
 from critneuron.experiments.store import Store  # noqa: E402
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--any-images", action="store_true", help="batches need not be classified correctly")
     parser.add_argument("--blocks", type=block_list, default=None,
                         help="solve only these blocks, 1-based: '3-13' or '1,8,13' (the tail is the last)")
-    parser.add_argument("--block-bounds", default="network", choices=("network", "local"),
+    parser.add_argument("--block-bounds", default="network", choices=choices(ScoreConfig, "block_bounds"),
                         help="input boxes of the blocks (ScoreConfig.block_bounds): network (the authors') or local")
     parser.add_argument("--deep-first", action="store_true", help="start the deepest blocks first")
     parser.add_argument("--test-subset", type=int, default=None,
