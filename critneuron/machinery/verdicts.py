@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from critneuron.config import ScoreConfig
-from critneuron.machinery.findings import TOLERANCE, pct, points, run_means, transfer_means
+from critneuron.machinery.findings import TOLERANCE, points, run_means, transfer_means
 from critneuron.machinery.reporting import NAMES, STATUS_OK, format_value
 
 SELFCHECK_TOL = ScoreConfig().selfcheck_tol  # largest difference between the program's logits and torch's
