@@ -94,3 +94,35 @@ def test_a_missing_entry_is_a_named_error_and_its_record_is_not_current(entry: s
         fingerprint((entry,))
     assert not is_current({"entries": [entry], "fingerprint": "0" * 16})
     assert not is_current(None)
+
+
+def test_whole_modules_follow_other_packages_by_definition(toy_package: Path) -> None:
+    name = toy_package.name
+    sub = toy_package / "sub"
+    sub.mkdir()
+    (sub / "__init__.py").write_text("")
+    (sub / "kernel.py").write_text(f"from {name}.glue import other\n\n\ndef kernel(x):\n    return other(x)\n")
+    code = Code((f"{name}.sub.kernel",))
+    assert set(_closure(code.all_entries())) == {f"{name}.sub.kernel", f"{name}.glue:other", f"{name}.glue:<module>"}
+    before = code.fingerprint()
+    glue = toy_package / "glue.py"
+    glue.write_text(glue.read_text() + "\n\ndef added(x):\n    return x\n")  # beside `other`: not part of it
+    assert code.fingerprint() == before
+    glue.write_text(glue.read_text().replace("def other(x):\n    return x", "def other(x):\n    return -x"))
+    assert code.fingerprint() != before
+
+
+def test_names_only_in_annotations_are_not_followed(toy_package: Path) -> None:
+    name = toy_package.name
+    (toy_package / "typed.py").write_text(
+        f"from __future__ import annotations\n\nfrom {name}.glue import other, _helper\n\n\n"
+        "def stage(x: other) -> other:\n    y: other = x\n    return _helper(y)\n")
+    assert set(_closure((f"{name}.typed:stage",))) == {
+        f"{name}.typed:stage", f"{name}.typed:<module>", f"{name}.glue:_helper", f"{name}.glue:<module>"}
+
+
+def test_training_ignores_new_code_beside_it_and_scoring_settings() -> None:
+    reached = set(_closure(experiment.TRAIN_CODE.all_entries()))
+    assert "critneuron.nets.train:train_model" in reached and "critneuron.nets.data:load_split" in reached
+    assert not {"critneuron.nets.train", "critneuron.config", "critneuron.config:ScoreConfig"} & reached
+    assert "critneuron.mip.solve" not in modules(transfer.RETRAIN_CODE)

@@ -20,7 +20,7 @@ from critneuron.catalog import dataset_record
 from critneuron.config import RunConfig, ScoreConfig, choices, paper_train_config, to_dict
 from critneuron.errors import ConfigError, SolveError
 from critneuron.experiments.runs import (
-    SCORING, TRAIN_CODE, TRAIN_THREADS, TRAINING_MODULES, checkpoint_output, mip_scores, score_inputs, train_config, train_inputs, trained_model,
+    SCORING, TRAIN_CODE, TRAIN_THREADS, checkpoint_output, mip_scores, score_inputs, train_config, train_inputs, trained_model,
     weights_hash,
 )
 from critneuron.experiments.cluster import dask_client
@@ -37,7 +37,7 @@ from critneuron.nets.train import clone_state, evaluate, load_checkpoint, torch_
 from critneuron.pruning.masks import apply_masks, mask_agreement, masks_from_scores
 
 
-DECOUPLED_TRAIN_CODE = Code((*TRAINING_MODULES, "critneuron.experiments.decoupled:_train_decoupled"))
+DECOUPLED_TRAIN_CODE = Code(("critneuron.experiments.decoupled:_train_decoupled",))
 HEADS_CODE = Code(("critneuron.experiments.decoupled:_fit_heads",), after=(TRAIN_CODE,))
 BLOCK_SCORE_CODE = {  # decoupled_mip_scores, by how the network and its heads were trained
     "decoupled": Code((*SCORING, "critneuron.experiments.decoupled:decoupled_mip_scores"), after=(DECOUPLED_TRAIN_CODE,)),
@@ -158,6 +158,8 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
 
     `batches`: one (x, y, indices) per block; default `mip.blocks.block_batches` (each block's
     batch chosen by its own head's correctness; `correct_only=False`: any images of each class).
+    `cfg.score.batch_rule` does not apply to blocks and is not part of their keys (the batch
+    indices are), so chapters that differ only in it share their block scores.
     `blocks`: 1-based numbers of the blocks to score (default all; the tail is the last). The
     sub-MIPs run where `block_executor(scheduler, workers)` says.
     """
@@ -171,7 +173,8 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
         problems = [problems[k - 1] for k in sorted(set(blocks))]
     common = {"weights": weights_hash(net.model), "heads": weights_hash(net.heads), "dataset": cfg.data.dataset,
               "source": dataset_source(cfg.data), "solver": solver_version(cfg.score), **versions()}
-    entries = {p.name: ({**to_dict(cfg.score), "block": p.name}, {**common, "batch_indices": p.batch_indices})
+    settings = {k: v for k, v in to_dict(cfg.score).items() if k != "batch_rule"}  # blocks draw their own batches
+    entries = {p.name: ({**settings, "block": p.name}, {**common, "batch_indices": p.batch_indices})
                for p in problems}
     keys = {name: store.key("score", config, **inputs) for name, (config, inputs) in entries.items()}
     code = BLOCK_SCORE_CODE[training]

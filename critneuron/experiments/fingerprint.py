@@ -3,10 +3,12 @@
 A stage (a kind of stored result) declares its code once, next to where it is cached, as a
 `Code` of entries and the stages it builds on:
 
-- ``"critneuron.mip.scores"``: a compute module, taken whole. Its critneuron imports (relative
-  ones resolved) are followed, whole too, so ``critneuron.mip.scores`` covers formulation, solve,
-  bounds, spec and config. Any change in such a module, even a new unused function, changes the
-  fingerprint.
+- ``"critneuron.mip.scores"``: a compute module, taken whole. Its imports from its own package
+  (relative ones resolved) are followed, whole too, so ``critneuron.mip.scores`` covers
+  formulation, solve, bounds and spec. Any change in such a module, even a new unused function,
+  changes the fingerprint. Imports from other parts of the package (``critneuron.config``,
+  ``critneuron.catalog``, another subpackage) are followed by definition, as below, so that a new
+  scoring setting in `config` does not make every stored training stale.
 - ``"critneuron.experiments.runs:_train"``: one top-level definition, for stage logic that lives
   in an orchestration module (the `experiments` package, sweep tasks), which imports far more
   than the stage uses. The definition's source is hashed, and the names it uses are followed,
@@ -133,7 +135,9 @@ def _closure(entries: tuple[str, ...], files: dict[str, tuple] | None = None) ->
             files[module_name] = _stamp(module_name)
         if not attr:
             found[entry] = module.text
-            todo.extend(_import_target(source, name).partition(":")[0] for source, name in module.imported)
+            for source, name in module.imported:
+                target = _import_target(source, name)
+                todo.append(target.partition(":")[0] if _same_package(module_name, module, target) else target)
             continue
         if attr in module.imports:
             todo.append(_import_target(*module.imports[attr]))
@@ -144,13 +148,28 @@ def _closure(entries: tuple[str, ...], files: dict[str, tuple] | None = None) ->
         nodes = module.definitions[attr]
         found[entry] = "\n".join(ast.dump(node) for node in nodes)
         found[f"{module_name}:<module>"] = module.loose
-        used = {n.id for node in nodes for n in ast.walk(node) if isinstance(n, ast.Name)}
+        used = {name for node in nodes for name in _names_used(node)}
         for name in sorted(used - {attr}):
             if name in module.definitions:
                 todo.append(f"{module_name}:{name}")
             elif name in module.imports:
                 todo.append(_import_target(*module.imports[name]))
     return found
+
+
+def _names_used(node: ast.AST) -> set[str]:
+    """Names `node` loads, except in annotations: with ``from __future__ import annotations``
+    they are never evaluated, so a type named only in a signature is not code the stage runs."""
+    annotations = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.arg) and n.annotation is not None:
+            annotations.add(n.annotation)
+        elif isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.returns is not None:
+            annotations.add(n.returns)
+        elif isinstance(n, ast.AnnAssign):
+            annotations.add(n.annotation)
+    skipped = {id(a) for annotation in annotations for a in ast.walk(annotation)}
+    return {n.id for n in ast.walk(node) if isinstance(n, ast.Name) and id(n) not in skipped}
 
 
 def _import_target(module: str, attr: str | None) -> str:
@@ -160,6 +179,13 @@ def _import_target(module: str, attr: str | None) -> str:
     if _module(module).is_package and importlib.util.find_spec(f"{module}.{attr}") is not None:
         return f"{module}.{attr}"
     return f"{module}:{attr}"
+
+
+def _same_package(name: str, module: _Module, target: str) -> bool:
+    """Whether import `target` lies in the package of whole module `name` (or below it)."""
+    package = name if module.is_package else name.rpartition(".")[0]
+    target_module = target.partition(":")[0]
+    return target_module.startswith(f"{package}.") and target_module.count(".") > package.count(".")
 
 
 def _internal(name: str, own: str) -> bool:

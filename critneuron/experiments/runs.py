@@ -30,9 +30,10 @@ from critneuron.nets.data import dataset_source, load_split
 from critneuron.nets.models import build_model
 from critneuron.nets.train import evaluate, load_checkpoint, save_checkpoint, torch_threads, train_model
 
-# The code of each stored stage: compute modules whole, glue in the experiments package by definition only.
-TRAINING_MODULES = ("critneuron.nets.train", "critneuron.nets.models", "critneuron.nets.data")
-TRAIN_CODE = Code((*TRAINING_MODULES, "critneuron.experiments.runs:_train"))
+# The code of each stored stage. Scoring takes its compute modules whole (any edit in `mip`
+# counts); trainings, the long computations that results are shipped from, follow their
+# definitions only, so new code beside them in `nets` does not make them stale.
+TRAIN_CODE = Code(("critneuron.experiments.runs:_train",))
 SCORING = ("critneuron.mip.scores", "critneuron.experiments.runs:score_inputs")
 SCORE_CODE = Code(SCORING, after=(TRAIN_CODE,))
 TRAIN_THREADS = 1  # stored runs train single-threaded: the same config gives the same weights on any executor

@@ -34,7 +34,7 @@ from critneuron.config import (
 from critneuron.errors import ConfigError
 from critneuron.experiments.decoupled import decoupled_mip_scores, decoupled_network
 from critneuron.experiments.fingerprint import Code
-from critneuron.experiments.runs import TRAIN_THREADS, TRAINING_MODULES, mip_scores, trained_checkpoint, weights_hash
+from critneuron.experiments.runs import TRAIN_THREADS, mip_scores, trained_checkpoint, weights_hash
 from critneuron.experiments.store import Store
 from critneuron.mip.scores import Scores
 from critneuron.nets.data import dataset_source, load_split
@@ -46,7 +46,7 @@ from critneuron.pruning.masks import Masks, freeze_masks, masks_from_scores, pru
 # "snip" is ours (neuron-level SNIP of A's network at the MIP mask's per-layer counts); "snip-authors"
 # the authors' port (Xavier re-initialisation, nll_loss on the logits, the top 45 % of all neurons).
 VARIANTS = ("reference", "mip", "random", "snip", SNIP_AUTHORS)
-RETRAIN_CODE = Code((*TRAINING_MODULES, "critneuron.pruning.masks", "critneuron.experiments.transfer:_retrain"))
+RETRAIN_CODE = Code(("critneuron.experiments.transfer:_retrain",))
 # The paper's pruning at initialisation (PAPER_SPEC §9.3): the MIP on the untrained LeNet-5, B = 5,
 # λ = 1, τ = 0.2 (relaxed), ε = 1e-5, 5 resets; each target trains the mask with its own schedule,
 # 20 epochs on MNIST and Fashion-MNIST, 256 on CIFAR-10. With the authors' initialisation the conv
@@ -114,39 +114,43 @@ def retrained_accuracy(model_cfg: ModelConfig, init_state: State, masks: Masks |
                         **inputs)
 
 
-def _scored_source(cfg: RunConfig, store: Store, at_init: bool, decoupled: bool) -> tuple[nn.Sequential, State, Scores]:
+def _scored_source(cfg: RunConfig, store: Store, at_init: bool, decoupled: bool,
+                   workers: int = 1) -> tuple[nn.Sequential, State, Scores]:
     """A's network, its initial weights and its MIP scores (whole-network, or block by block)."""
     if decoupled:
         net, _metrics = decoupled_network(cfg, store, "decoupled")
         init = build_model(cfg.model.name, cfg.model.width, seed=cfg.train.seed)  # what greedy training started from
-        return net.model, init.state_dict(), decoupled_mip_scores(net, cfg, store, "decoupled")
+        return net.model, init.state_dict(), decoupled_mip_scores(net, cfg, store, "decoupled", workers)
     path, _metrics = trained_checkpoint(cfg, store)
     model, meta = load_checkpoint(path)
     model.eval()
     return model, meta["init_state"], mip_scores(model, cfg, store, correct_only=not at_init)
 
 
-def source_masks(cfg: RunConfig, store: Store, at_init: bool = False,
-                 decoupled: bool | None = None) -> tuple[State, dict[str, Masks | None]]:
+def source_masks(cfg: RunConfig, store: Store, at_init: bool = False, decoupled: bool | None = None,
+                 workers: int = 1) -> tuple[State, dict[str, Masks | None]]:
     """A's initial weights and the masks to transfer, keyed by `VARIANTS`: None (reference), the
     MIP mask at τ, a random mask (seed: the training seed) and our SNIP mask at its per-layer
-    counts, and the authors' SNIP mask (45 % of all neurons kept, its own counts).
+    counts (both on A's trained network), and the authors' SNIP mask (45 % of all neurons kept,
+    its own counts) on A's network at its initialisation, as their port runs it (PAPER_SPEC §9.2).
 
     `at_init`: score the untrained network (its balanced batch need not be classified correctly).
     `decoupled` (default: for the models the paper trains decoupled, `ModelRecord.training`, i.e.
     VGG-16): A's network is trained greedily with auxiliary heads (A's schedule) and scored block
-    by block (`experiments.decoupled.decoupled_mip_scores`).
+    by block (`experiments.decoupled.decoupled_mip_scores`, `workers` sub-MIPs at a time).
     """
     if at_init:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=0))
     if decoupled is None:
         decoupled = model_record(cfg.model.name).training == "decoupled" and not at_init
-    model, init_state, scores = _scored_source(cfg, store, at_init, decoupled)
+    model, init_state, scores = _scored_source(cfg, store, at_init, decoupled, workers)
     mip = masks_from_scores(scores, cfg.prune.resolve(cfg.model.name, cfg.data.dataset))
     x, y = snip_batch(load_split(cfg.data, "train"), seed=cfg.score.seed)
+    init = build_model(cfg.model.name, cfg.model.width)
+    init.load_state_dict(init_state)
     masks = {"reference": None, "mip": mip, "random": baseline_masks("random", model, mip, seed=cfg.train.seed),
              "snip": baseline_masks("snip", model, mip, x=x, y=y),
-             SNIP_AUTHORS: snip_authors_masks(model, x, y, seed=cfg.train.seed)}
+             SNIP_AUTHORS: snip_authors_masks(init, x, y, seed=cfg.train.seed)}
     return init_state, masks
 
 
@@ -181,7 +185,7 @@ def reference_accuracy(cfg: RunConfig, store: Store) -> dict[str, Any]:
 
 
 def transfer_rows(cfg: RunConfig, targets: Sequence[str], store: Store, epochs: int | Mapping[str, int] | None = None,
-                  at_init: bool = False) -> list[dict[str, Any]]:
+                  at_init: bool = False, workers: int = 1) -> list[dict[str, Any]]:
     """Train every mask of `source_masks(cfg)` on each target dataset from A's initialisation, and
     the dense reference on each target as its ordinary experiment (`transfer_plan`).
 
@@ -194,7 +198,7 @@ def transfer_rows(cfg: RunConfig, targets: Sequence[str], store: Store, epochs: 
         >>> cfg = source_config(RunConfig(), "lenet5", "mnist", seed=0, epochs=3)
         >>> rows = transfer_rows(cfg, ["fashion-mnist"], Store("results"), epochs=3)  # doctest: +SKIP
     """
-    init_state, masks = source_masks(cfg, store, at_init)
+    init_state, masks = source_masks(cfg, store, at_init, workers=workers)
     model = build_model(cfg.model.name, cfg.model.width)
     stats = {variant: pruning_stats(model, mask) for variant, mask in masks.items() if mask is not None}
     rows = []

@@ -94,7 +94,15 @@ def _read_profile_yaml(profile: str | Path, notebooks_dir: Path) -> tuple[Path, 
         raise ConfigError(f"profile {path}: invalid YAML: {err}") from err
     if not isinstance(data, dict):
         raise ConfigError(f"profile {path}: expected a mapping at top level")
-    return path, data
+    base = data.pop("extends", None)
+    if base is None:
+        return path, data
+    if not isinstance(base, str) or Path(base).stem == path.stem:
+        raise ConfigError(f"profile {path}: 'extends' must name another profile, got {base!r}")
+    _base_path, merged = _read_profile_yaml(base, notebooks_dir)
+    for key, value in data.items():
+        merged[key] = {**(merged.get(key) or {}), **value} if isinstance(value, dict) else value
+    return path, merged
 
 
 def _check_mapping(path: Path, key: str, value: Any) -> dict:

@@ -50,13 +50,13 @@ def budget_configs(configs: Sequence[dict], budget_runs: Sequence[Sequence[str]]
 def decoupled_configs(dataset: str, runs: Sequence[Sequence], epochs: int | None, data_root: str | None,
                       subset: int | None, test_subset: int | None, seeds: Sequence[int], lambda_: float,
                       threshold: float | None, mode: str, batch_size: int, time_limit: float,
-                      finetune_epochs: int, block_bounds: str = "network",
+                      finetune_epochs: int, block_bounds: str = "network", random_rule: str = "uniform",
                       **_other: Any) -> list[tuple[RunConfig, str]]:
     """Chapter 03: (run config, training) of every (model, width, training) run and seed."""
     data = DataConfig(dataset=dataset, root=data_root, subset=subset, test_subset=test_subset)
     score = ScoreConfig(lambda_=lambda_, mode=mode, batch_size=batch_size, time_limit=time_limit,
                         block_bounds=block_bounds)
-    prune = PruneConfig(threshold=threshold, finetune_epochs=finetune_epochs)
+    prune = PruneConfig(threshold=threshold, finetune_epochs=finetune_epochs, random_rule=random_rule)
     return [(RunConfig(data=data, model=ModelConfig(name=name, width=width), score=score, prune=prune,
                        train=paper_train_config(name, dataset, epochs, seed)), training)
             for name, width, training in runs for seed in seeds]
@@ -78,24 +78,33 @@ def transfer_base(data_root: str | None, subset: int | None, test_subset: int | 
 
 
 def transfer_sources(base: RunConfig, pairs: Sequence[Sequence[str]], seeds: Sequence[int], epochs: int | None,
-                     width: float, **_other: Any) -> list[tuple[RunConfig, str]]:
-    """Chapter 04: (source run config, target dataset) of every pair and seed."""
-    return [(source_config(base, m, a, seed, epochs, width), b) for m, a, b in pairs for seed in seeds]
+                     width: float, model_seeds: dict[str, Sequence[int]] | None = None,
+                     **_other: Any) -> list[tuple[RunConfig, str]]:
+    """Chapter 04: (source run config, target dataset) of every pair and seed; `model_seeds` gives
+    a model its own seeds (e.g. fewer for VGG-16, whose transfers cost the most)."""
+    own = model_seeds or {}
+    return [(source_config(base, m, a, seed, epochs, width), b) for m, a, b in pairs for seed in own.get(m, seeds)]
 
 
 def sensitivity_sweeps(model: str, dataset: str, epochs: int, data_root: str | None, subset: int | None,
                        test_subset: int | None, seeds: Sequence[int], lambdas: Sequence[float],
                        thresholds: Sequence[float], batch_sizes: Sequence[int], batch_seeds: Sequence[int],
-                       mode: str, time_limit: float, **_other: Any) -> dict[str, dict[str, Any]]:
-    """Chapter 05: the λ, τ and batch sweeps (`reporting.sweep_rows(store, **sweeps[name])`)."""
+                       mode: str, time_limit: float, batch_rule: str = "random", random_rule: str = "uniform",
+                       **_other: Any) -> dict[str, dict[str, Any]]:
+    """Chapter 05: the λ, τ and batch sweeps (`reporting.sweep_rows(store, **sweeps[name])`).
+
+    `batch_rule` picks the MIP batch of the λ and τ sweeps; the batch sweep always draws seeded
+    random batches (`batch_seeds`), since their spread is what it measures."""
     base = {"data.dataset": dataset, "data.root": data_root, "data.subset": subset, "data.test_subset": test_subset,
             "model.name": model, "train.epochs": epochs, "score.mode": mode, "score.time_limit": time_limit,
-            "score.seed": 0}
-    return {"lambda": {"base": base, "grid": {"score.lambda_": list(lambdas), "train.seed": list(seeds)}},
-            "threshold": {"base": base, "grid": {"score.lambda_": [5.0], "prune.threshold": list(thresholds),
-                                                 "train.seed": list(seeds)}},
-            "batch": {"base": base, "grid": {"score.lambda_": [5.0], "score.batch_size": list(batch_sizes),
-                                             "score.seed": list(batch_seeds), "train.seed": list(seeds)}}}
+            "score.seed": 0, "prune.random_rule": random_rule}
+    fixed = {**base, "score.batch_rule": batch_rule}
+    return {"lambda": {"base": fixed, "grid": {"score.lambda_": list(lambdas), "train.seed": list(seeds)}},
+            "threshold": {"base": fixed, "grid": {"score.lambda_": [5.0], "prune.threshold": list(thresholds),
+                                                  "train.seed": list(seeds)}},
+            "batch": {"base": {**base, "score.batch_rule": "random"},
+                      "grid": {"score.lambda_": [5.0], "score.batch_size": list(batch_sizes),
+                               "score.seed": list(batch_seeds), "train.seed": list(seeds)}}}
 
 
 def sweep_file(sweep: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,9 @@ Which datasets exist, where their files lie and whether they are augmented is th
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import os
 import shutil
 import stat
@@ -22,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import PIL
 import torch
 import torch.nn.functional as F
+import torchvision
 from torchvision import datasets, transforms
 from tqdm import tqdm
 
@@ -37,7 +41,6 @@ SOURCE_LOADER = "loader"
 SOURCE_JPEG_COPY = "jpeg-copy (JPEG, not byte-exact)"
 
 _SOURCE_SLUGS = {SOURCE_TORCHVISION: "torchvision", SOURCE_LOADER: "loader", SOURCE_JPEG_COPY: "jpeg"}
-_CACHE_FORMAT = 1
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:
@@ -181,6 +184,17 @@ def _root_key(root: Path) -> str:
     return hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
 
 
+@functools.lru_cache(maxsize=1)
+def _cache_version() -> str:
+    """What a cached tensor depends on besides its data: the source of the functions that read
+    and preprocess the images, and the torchvision and Pillow versions that run them."""
+    digest = hashlib.sha256()
+    for function in (preprocess, _tensorize, _open_torchvision, _open_jpeg_copy, _extract_jpeg_zip):
+        digest.update(inspect.getsource(function).encode())
+    digest.update(f"{torchvision.__version__} {PIL.__version__}".encode())
+    return digest.hexdigest()[:12]
+
+
 def _tensorize(images: torch.utils.data.Dataset, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the preprocessing on every (PIL image, label) item once."""
     pipeline = preprocess()
@@ -210,7 +224,7 @@ def official_split(cfg: DataConfig, train: bool, download: bool = True) -> tuple
     """
     root, source = data_root(cfg.root), dataset_source(cfg)
     name = "train" if train else "test"
-    key = f"{cfg.dataset}-{name}-{_SOURCE_SLUGS[source]}-{_root_key(root)}-v{_CACHE_FORMAT}.pt"
+    key = f"{cfg.dataset}-{name}-{_SOURCE_SLUGS[source]}-{_root_key(root)}-{_cache_version()}.pt"
     path = cache_dir() / key
     if path.is_file():
         blob = torch.load(path, weights_only=True)
