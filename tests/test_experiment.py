@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from critneuron.catalog import paper_threshold
 from critneuron.config import DataConfig, ModelConfig, RunConfig, paper_train_config
-from critneuron.experiments.runs import mip_scores, trained_model
+from critneuron.experiments.runs import mip_scores, reusable_here, trained_model
 from critneuron.experiments.store import Store
 from critneuron.experiments.whole import vertex_interior
 from critneuron.nets.train import torch_threads
@@ -62,3 +63,14 @@ def test_one_config_scored_from_two_empty_stores_and_with_two_thread_counts(shar
         for name, values in first.layers.items():
             assert np.array_equal(other.layers[name], values), name
         assert masks_from_scores(other, tau) == masks_from_scores(first, tau)
+
+
+def test_time_limited_scores_are_reused_only_on_the_machine_that_stopped_them() -> None:
+    def run(status: str, host: str, blocks: bool = False) -> dict:
+        provenance = {"blocks": [{"status": "optimal"}, {"status": status}]} if blocks else {"solver": {"status": status}}
+        return {"result": {"provenance": provenance}, "meta": {"host": host}}
+
+    here = socket.gethostname()
+    assert reusable_here(run("optimal", "elsewhere")) and reusable_here(run("maxTimeLimit", here))
+    assert not reusable_here(run("maxTimeLimit", "elsewhere"))
+    assert not reusable_here(run("maxTimeLimit", "elsewhere", blocks=True))

@@ -261,3 +261,42 @@ def test_a_run_without_recorded_code_is_stale(tmp_path):
     assert store.ls()[0]["code"] == "stale" and store.read("train", key)["meta"]["code"] is None
     assert store.cached("train", CONFIG, lambda: {"v": "new"}, code=CODE) == {"v": "new"}
     assert store.ls()[0]["code"] == "fresh"
+
+
+def test_a_needed_artifact_that_is_missing_is_recomputed_and_restored(tmp_path):
+    store, calls = Store(tmp_path), []
+
+    def compute(weights: str, blob: bytes):
+        def run():
+            calls.append(weights)
+            return RunOutput(result={"weights_hash": weights, "seconds": len(calls)}, artifacts={"net.pt": blob})
+        return run
+
+    first = store.cached("train", CONFIG, compute("aa", b"one"), code=CODE, needs=("net.pt",), **INPUTS)
+    folder = store.path("train", store.key("train", CONFIG, **INPUTS))
+    (folder / "artifacts" / "net.pt").unlink()  # as in a shipped store: records, no checkpoints
+    again = store.cached("train", CONFIG, compute("aa", b"two"), code=CODE, needs=("net.pt",), **INPUTS)
+    assert calls == ["aa", "aa"] and again == first  # the same weights: the stored record stays
+    assert (folder / "artifacts" / "net.pt").read_bytes() == b"two"
+    assert store.cached("train", CONFIG, compute("aa", b"three"), code=CODE, needs=("net.pt",), **INPUTS) == first
+    assert calls == ["aa", "aa"]  # present now: not computed again
+    (folder / "artifacts" / "net.pt").unlink()
+    replaced = store.cached("train", CONFIG, compute("bb", b"four"), code=CODE, needs=("net.pt",), **INPUTS)
+    assert replaced["weights_hash"] == "bb" and (folder / "artifacts" / "net.pt").read_bytes() == b"four"
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # the old run is gone, nothing left behind
+
+
+def test_reuse_if_false_recomputes_and_replaces_a_fresh_run(tmp_path):
+    store, calls = Store(tmp_path), []
+
+    def compute() -> dict:
+        calls.append(1)
+        return {"status": "maxTimeLimit" if len(calls) == 1 else "optimal"}
+
+    def here(run: dict) -> bool:
+        return run["result"]["status"] != "maxTimeLimit"
+
+    assert store.cached("score", CONFIG, compute, code=CODE, reuse_if=here)["status"] == "maxTimeLimit"
+    assert store.cached("score", CONFIG, compute, code=CODE, reuse_if=here)["status"] == "optimal"
+    assert store.cached("score", CONFIG, compute, code=CODE, reuse_if=here)["status"] == "optimal"
+    assert len(calls) == 2 and len(list((tmp_path / "score").iterdir())) == 1

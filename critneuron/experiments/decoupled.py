@@ -20,8 +20,8 @@ from critneuron.catalog import dataset_record
 from critneuron.config import RunConfig, ScoreConfig, choices, paper_train_config, to_dict
 from critneuron.errors import ConfigError, SolveError
 from critneuron.experiments.runs import (
-    SCORING, TRAIN_CODE, TRAIN_THREADS, checkpoint_output, mip_scores, score_inputs, train_config, train_inputs, trained_model,
-    weights_hash,
+    SCORING, TRAIN_CODE, TRAIN_THREADS, checkpoint_output, mip_scores, reusable_here, score_inputs, train_config,
+    train_inputs, trained_model, weights_hash,
 )
 from critneuron.experiments.cluster import dask_client
 from critneuron.experiments.fingerprint import Code
@@ -102,7 +102,7 @@ def decoupled_checkpoint(cfg: RunConfig, store: Store, progress: bool = False) -
     weights, the initial weights and the heads) and its metrics."""
     config, inputs = {**train_config(cfg), "training": "decoupled"}, train_inputs(cfg)
     metrics = store.cached("train", config, lambda: _train_decoupled(cfg, progress), code=DECOUPLED_TRAIN_CODE,
-                           **inputs)
+                           needs=("checkpoint.pt",), **inputs)
     return store.path("train", store.key("train", config, **inputs)) / "artifacts" / "checkpoint.pt", metrics
 
 
@@ -127,7 +127,7 @@ def decoupled_network(cfg: RunConfig, store: Store, training: str = "decoupled",
     config = {"heads_train": to_dict(head_cfg), "training": "end-to-end"}
     inputs["weights"] = weights_hash(model)
     metrics = store.cached("heads", config, lambda: _fit_heads(model, cfg, head_cfg, progress), code=HEADS_CODE,
-                           **inputs)
+                           needs=("heads.pt",), **inputs)
     heads = store.path("heads", store.key("heads", config, **inputs)) / "artifacts" / "heads.pt"
     net = with_heads(model, torch.load(heads, map_location="cpu", weights_only=True), cfg.train.seed)
     return net, {**train_metrics, **metrics}
@@ -178,11 +178,12 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
                for p in problems}
     keys = {name: store.key("score", config, **inputs) for name, (config, inputs) in entries.items()}
     code = BLOCK_SCORE_CODE[training]
-    todo = [p for p in problems if not store.is_fresh("score", keys[p.name], code)]
+    todo = [p for p in problems if not store.is_fresh("score", keys[p.name], code)
+            or not reusable_here(store.read("score", keys[p.name]))]
 
     def save(problem, scores: Scores) -> None:
         config, inputs = entries[problem.name]
-        store.write("score", keys[problem.name], config, scores.to_dict(), inputs=inputs, code=code)
+        store.write("score", keys[problem.name], config, scores.to_dict(), inputs=inputs, code=code, replace=True)
 
     failed: dict[str, dict] = {}
     if todo:

@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,6 +35,13 @@ def write_bytes(path: Path, data: bytes) -> None:
         fh.write(data)
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically: a temp file beside it, forced to disk, then renamed."""
+    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex}")
+    write_bytes(tmp, data)
+    os.rename(tmp, path)
 
 
 def encode_artifact(name: str, value: Any) -> bytes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -65,7 +66,7 @@ def trained_checkpoint(cfg: RunConfig, store: Store, progress: bool = False,
     the initial weights `init_state`) and its metrics."""
     config, inputs = train_config(cfg), train_inputs(cfg)
     metrics = store.cached("train", config, lambda: _train(cfg, progress, device), code=TRAIN_CODE,
-                           **inputs)  # once, even across workers
+                           needs=("checkpoint.pt",), **inputs)  # once, even across workers
     return store.path("train", store.key("train", config, **inputs)) / "artifacts" / "checkpoint.pt", metrics
 
 
@@ -114,10 +115,20 @@ def score_inputs(model: nn.Sequential, data: DataConfig, cfg: ScoreConfig,
     return x, y, inputs
 
 
+def reusable_here(run: dict) -> bool:
+    """Whether a stored score (`Store.read` record) may be reused on this machine: yes, unless its
+    solve was stopped by the time limit on another host (what a time limit reaches depends on the
+    machine, so such scores are solved again here)."""
+    statuses = [block.get("status") for block in run["result"].get("provenance", {}).get("blocks", [])]
+    statuses.append(run["result"].get("provenance", {}).get("solver", {}).get("status"))
+    return "maxTimeLimit" not in statuses or run["meta"].get("host") == socket.gethostname()
+
+
 def mip_scores(model: nn.Sequential, cfg: RunConfig, store: Store, correct_only: bool = True) -> Scores:
-    """MIP scores of `model` on its balanced training batch (see `score_inputs`), solved once per key."""
+    """MIP scores of `model` on its balanced training batch (see `score_inputs`), solved once per key
+    (and again on a machine other than the one whose time limit stopped it, `reusable_here`)."""
     x, y, inputs = score_inputs(model, cfg.data, cfg.score, correct_only)
     result = store.cached("score", to_dict(cfg.score),
                           lambda: score(model, x, y, cfg.score, inputs["batch_indices"]).to_dict(), code=SCORE_CODE,
-                          **inputs)
+                          reuse_if=reusable_here, **inputs)
     return Scores.from_dict(result)

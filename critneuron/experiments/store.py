@@ -1,18 +1,15 @@
 """Content-addressed run folders with atomic writes, skip-if-complete and CSV export.
 
-Job: persist results at the edge of the computation. One folder per run key,
-``<root>/<kind>/<key>/``, holding ``config.json``, ``meta.json`` (kind, key, inputs, time),
-``log.txt``, ``artifacts/<name>`` and, written last, ``result.json``: a folder is complete
-exactly when its ``result.json`` exists.
-The key covers what the run computes (config and inputs); the code that computed it is recorded
-in ``meta.json`` (``code``: entries, fingerprint and git commit, see `critneuron.experiments.fingerprint`). A
-complete run whose code has changed since is **stale**: `Store.cached` recomputes it and
-`Store.write` replaces it; the stale run stays in place until the new one is complete, and is
-deleted only after the new one has been renamed into place. Everything is first written into a temp folder
-``<root>/<kind>/.tmp-<key>-<random>`` and then moved into place with one ``os.rename``, so a
-crash or SIGKILL at any moment never leaves a folder that reads as complete, and two workers
-writing the same key leave one intact result (the second discards its copy). A failed run is
-recorded as ``failed.json`` in the same place; it is not complete, so a rerun retries it.
+One folder per run key, ``<root>/<kind>/<key>/``: ``config.json``, ``meta.json`` (kind, key,
+inputs, time), ``log.txt``, ``artifacts/<name>`` and, written last, ``result.json`` (a folder is
+complete exactly when it exists).
+The key covers what the run computes (config and inputs); the code that computed it is recorded in
+``meta.json`` (``code``: entries, fingerprint, git commit; `experiments.fingerprint`). A complete
+run whose code has changed since is **stale**: `Store.cached` recomputes it and `Store.write`
+replaces it, deleting the stale run only once the new one is in place. Everything is written into
+a temp folder ``<root>/<kind>/.tmp-<key>-<random>``, then moved into place with one ``os.rename``,
+so a crash or SIGKILL never leaves a folder that reads as complete, and two workers writing one
+key leave one intact result. A failed run is recorded as ``failed.json``; a rerun retries it.
 `Store.cached` holds a per-key file lock while computing, so concurrent workers that need the
 same stage (e.g. one trained net for a whole λ sweep) compute it once.
 """
@@ -154,14 +151,21 @@ class Store:
         return runfiles.decode_artifact(self.path(kind, key) / ARTIFACTS / name)
 
     def write(self, kind: str, key: str, config: Any, output: RunOutput | dict,
-              inputs: Mapping | None = None, code: Code | None = None) -> bool:
+              inputs: Mapping | None = None, code: Code | None = None, replace: bool = False) -> bool:
         """Store a complete run computed by `code` atomically, replacing a failed run and a
         complete one of other (or unrecorded) code; False if another writer completed it with the
         same code first. Without `code` (not recorded: the run reads as stale) it replaces no
-        complete run."""
+        complete run. `replace`: replace whatever is stored (a result that may not be reused)."""
         output = output if isinstance(output, RunOutput) else RunOutput(result=output)
         if not isinstance(output.result, Mapping):
             raise TypeError(f"a result must be a dict, got {type(output.result).__name__}")
+        if replace and self.path(kind, key).exists():
+            trash = self.path(kind, key).parent / f".trash-{key}-{uuid.uuid4().hex}"
+            os.rename(self.path(kind, key), trash)
+            try:
+                return self.write(kind, key, config, output, inputs, code)
+            finally:
+                shutil.rmtree(trash, ignore_errors=True)
         tmp = self._temp(kind, key)
         try:
             self._fill(tmp, kind, key, config, inputs, output.log, code)
@@ -188,19 +192,52 @@ class Store:
         return self._publish(tmp, self.path(kind, key), None)
 
     def cached(self, kind: str, config: Any, compute_fn: Callable[[], RunOutput | dict], *, code: Code,
+               needs: tuple[str, ...] = (), reuse_if: Callable[[dict], bool] | None = None,
                **inputs: Any) -> dict:
         """The stored result of this run if complete and computed by today's `code`; else
         ``compute_fn()``, stored (replacing a stale run), returned.
+
+        `needs`: artifacts the caller reads. A fresh run without them (a shipped store keeps no
+        checkpoints) is computed again: if the new result agrees on every ``*_hash`` field
+        (e.g. ``weights_hash``), only the artifacts are added; otherwise the new run replaces the
+        old one, so results keyed on the old hash are not reused. `reuse_if(run)` (a `read`
+        record): False for a stored run that may not be reused here, which is computed again and
+        replaced (e.g. a solve stopped by its time limit on another machine).
 
         Concurrent callers of one key compute it once (see `lock`). The result is always read
         back from disk, so fresh and cached calls return the same.
         """
         key = self.key(kind, config, **inputs)
-        if not self.is_fresh(kind, key, code):
+
+        def usable() -> bool:
+            return self.is_fresh(kind, key, code) and (reuse_if is None or reuse_if(self.read(kind, key)))
+
+        if not usable() or self._lacks(kind, key, needs):
             with self.lock(kind, key):
-                if not self.is_fresh(kind, key, code):  # not finished by another process meanwhile
-                    self.write(kind, key, config, compute_fn(), inputs=inputs, code=code)
+                if not usable():  # not finished by another process meanwhile
+                    self.write(kind, key, config, compute_fn(), inputs=inputs, code=code,
+                               replace=self.is_fresh(kind, key, code))
+                elif self._lacks(kind, key, needs):
+                    self._restore(kind, key, config, compute_fn(), inputs, code, needs)
         return self.read(kind, key)["result"]
+
+    def _lacks(self, kind: str, key: str, needs: tuple[str, ...]) -> bool:
+        return any(not (self.path(kind, key) / ARTIFACTS / name).is_file() for name in needs)
+
+    def _restore(self, kind: str, key: str, config: Any, output: RunOutput | dict, inputs: Mapping,
+                 code: Code, needs: tuple[str, ...]) -> None:
+        """Add the `needs` artifacts of a recomputed run to its stored copy, or replace the copy
+        when a ``*_hash`` field of the result differs (the computation did not reproduce it)."""
+        output = output if isinstance(output, RunOutput) else RunOutput(result=output)
+        folder = self.path(kind, key)
+        stored = json.loads((folder / RESULT).read_text())
+        hashes = [name for name in stored if name.endswith("_hash")]
+        if all(stored[name] == output.result.get(name) for name in hashes):
+            (folder / ARTIFACTS).mkdir(exist_ok=True)
+            for name in needs:
+                runfiles.replace_file(folder / ARTIFACTS / name, runfiles.encode_artifact(name, output.artifacts[name]))
+        else:
+            self.write(kind, key, config, output, inputs=inputs, code=code, replace=True)
 
     @contextmanager
     def lock(self, kind: str, key: str) -> Iterator[None]:

@@ -9,7 +9,6 @@ whose static ``_config.yml`` never executes anything. Notebooks call `save_table
 
 from __future__ import annotations
 
-import ast
 import base64
 import datetime as dt
 import json
@@ -19,18 +18,19 @@ import signal
 import subprocess
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import pandas as pd
 import yaml
 
 from critneuron.errors import ConfigError, CritneuronError
 from critneuron.experiments.store import versions
+from critneuron.machinery import reuse
+from critneuron.machinery.profiles import Profile, list_notebooks, load_profile, select_notebooks
 
-PROFILE_KEYS = ("timeout", "common")
-INJECTED = ("profile", "notebook", "output_dir")
 EXECUTED = Path("_build") / "executed"
 PAPERMILL_TAGS = {"injected-parameters", "papermill-error-cell-tag"}
 VERSIONED = ("critneuron", "torch", "torchvision", "numpy", "pandas", "pyomo", "highspy",
@@ -46,125 +46,13 @@ class BookError(CritneuronError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class Profile:
-    """A loaded profile: its name, per-notebook timeout, and the parameters of each notebook."""
-
-    name: str
-    timeout: float | None
-    parameters: dict[str, dict[str, Any]]
-
-
-@dataclass(frozen=True)
 class NotebookRun:
     """Outcome of executing one notebook."""
 
     notebook: str
-    status: str  # "ok", "failed" or "timeout"
+    status: str  # "ok", "failed", "timeout" or "reused" (an executed copy kept from an earlier build)
     wall_s: float
     message: str = ""
-
-
-def list_notebooks(notebooks_dir: Path) -> list[Path]:
-    """The chapter notebooks ``NN_name.ipynb`` of a folder, sorted by number."""
-    found = [p for p in Path(notebooks_dir).glob("*.ipynb") if re.match(r"\d+_", p.name)]
-    return sorted(found, key=lambda p: (int(p.name.split("_", 1)[0]), p.name))
-
-
-def declared_parameters(notebook: Path) -> set[str]:
-    """Names assigned in the notebook's cell tagged ``parameters`` (empty if there is none)."""
-    cells = json.loads(Path(notebook).read_text())["cells"]
-    for cell in cells:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            tree = ast.parse("".join(cell["source"]))
-            targets = [t for n in tree.body if isinstance(n, ast.Assign) for t in n.targets]
-            targets += [n.target for n in tree.body if isinstance(n, ast.AnnAssign)]
-            return {t.id for t in targets if isinstance(t, ast.Name)}
-    return set()
-
-
-def _read_profile_yaml(profile: str | Path, notebooks_dir: Path) -> tuple[Path, dict]:
-    folder = Path(notebooks_dir) / "profiles"
-    path = Path(profile) if str(profile).endswith((".yaml", ".yml")) else folder / f"{profile}.yaml"
-    if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
-        raise ConfigError(f"profile {str(profile)!r} not found at {path}; available: {known}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"profile {path}: invalid YAML: {err}") from err
-    if not isinstance(data, dict):
-        raise ConfigError(f"profile {path}: expected a mapping at top level")
-    base = data.pop("extends", None)
-    if base is None:
-        return path, data
-    if not isinstance(base, str) or Path(base).stem == path.stem:
-        raise ConfigError(f"profile {path}: 'extends' must name another profile, got {base!r}")
-    _base_path, merged = _read_profile_yaml(base, notebooks_dir)
-    for key, value in data.items():
-        merged[key] = {**(merged.get(key) or {}), **value} if isinstance(value, dict) else value
-    return path, merged
-
-
-def _check_mapping(path: Path, key: str, value: Any) -> dict:
-    if not isinstance(value, dict):
-        raise ConfigError(f"profile {path}: {key!r} must be a mapping of parameters, got {value!r}")
-    reserved = sorted(set(value) & set(INJECTED))
-    if reserved:
-        raise ConfigError(f"profile {path}: {key!r} sets {reserved}, which book.py injects itself")
-    return value
-
-
-def load_profile(profile: str | Path, notebooks_dir: Path) -> Profile:
-    """Load and validate ``notebooks/profiles/<profile>.yaml`` (or a YAML path).
-
-    Top-level keys: ``timeout`` (seconds per notebook, null = none), ``common`` (parameters for
-    every notebook that declares them) and one mapping per notebook stem. Every parameter a
-    profile sets must appear in that notebook's ``parameters`` cell (a ``common`` one in some
-    notebook's), and every parameter a notebook declares (but those book.py injects) must be set.
-    Raises ConfigError naming the file and the problem.
-    """
-    path, data = _read_profile_yaml(profile, notebooks_dir)
-    stems = {nb.stem: nb for nb in list_notebooks(notebooks_dir)}
-    unknown = sorted(set(data) - set(stems) - set(PROFILE_KEYS))
-    if unknown:
-        raise ConfigError(f"profile {path}: unknown notebook key(s) {unknown}; notebooks: {sorted(stems)}")
-    timeout = data.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
-                                or timeout <= 0):
-        raise ConfigError(f"profile {path}: timeout must be a positive number or null, got {timeout!r}")
-    common = _check_mapping(path, "common", data.get("common") or {})
-    declared = {stem: declared_parameters(notebook) for stem, notebook in stems.items()}
-    unused = sorted(set(common) - set().union(*declared.values()))
-    if unused:
-        raise ConfigError(f"profile {path}: 'common' sets {unused}, which no notebook declares")
-    parameters = {}
-    for stem, names in declared.items():
-        own = _check_mapping(path, stem, data.get(stem) or {})
-        missing = sorted(set(own) - names)
-        if missing:
-            raise ConfigError(f"profile {path}: notebook {stem} has no parameter(s) {missing} "
-                              "in its 'parameters' cell")
-        params = {**{k: v for k, v in common.items() if k in names}, **own}
-        unset = sorted(names - set(params) - set(INJECTED))
-        if unset:
-            raise ConfigError(f"profile {path}: notebook {stem} declares parameter(s) {unset} that the "
-                              "profile does not set")
-        parameters[stem] = params
-    return Profile(path.stem, None if timeout is None else float(timeout), parameters)
-
-
-def select_notebooks(notebooks: list[Path], only: Iterable[str] | None) -> list[Path]:
-    """The notebooks named in ``only`` (stem, file name or number prefix), all when empty."""
-    if not only:
-        return notebooks
-    chosen = []
-    for name in only:
-        match = [nb for nb in notebooks if name in (nb.stem, nb.name, nb.stem.split("_", 1)[0])]
-        if not match:
-            stems = [nb.stem for nb in notebooks]
-            raise ConfigError(f"--only {name!r}: no such notebook; notebooks: {stems}")
-        chosen += [nb for nb in match if nb not in chosen]
-    return sorted(chosen, key=notebooks.index)
 
 
 def _cell_problem(cell: dict) -> str | None:
@@ -299,17 +187,42 @@ def write_provenance(profile: Profile, notebooks_dir: Path, executed_dir: Path) 
 
 def execute_notebooks(profile: Profile, notebooks: list[Path], executed_dir: Path,
                       timeout: float | None) -> list[NotebookRun]:
-    """Run each notebook in turn, printing a progress line each; failures do not stop the rest."""
-    runs = []
+    """Run each notebook in turn, printing a progress line each; failures do not stop the rest.
+
+    With a profile that reuses executed chapters (``reuse:``), a current copy is restored instead
+    of running (`machinery.reuse`), and each chapter that ran is copied back there."""
+    runs: list[NotebookRun] = []
     for i, src in enumerate(notebooks, 1):
         print(f"[{i}/{len(notebooks)}] {src.stem} ...", end=" ", flush=True)
-        params = {**profile.parameters[src.stem], "profile": profile.name, "notebook": src.stem,
-                  "output_dir": os.path.relpath(executed_dir.resolve(), src.parent.resolve())}
-        run = run_notebook(src, executed_dir, params, timeout)
+        own = profile.parameters[src.stem]
+        why = "the profile reuses nothing"
+        if profile.reuse is not None:
+            why = reuse.why_not_reusable(profile.reuse, src, own, src.parent / own.get("results_dir", "."),
+                                         all(r.status == "reused" for r in runs))
+        if why is None:
+            reuse.restore(profile.reuse, src, executed_dir)
+            run = NotebookRun(src.stem, "reused", 0.0, f"executed copy from {profile.reuse}")
+        else:
+            params = {**own, "profile": profile.name, "notebook": src.stem,
+                      "output_dir": os.path.relpath(executed_dir.resolve(), src.parent.resolve())}
+            start = time.time()
+            run = run_notebook(src, executed_dir, params, timeout)
+            if run.status == "ok":
+                reuse.record_build(executed_dir, src, own, _written(executed_dir, src.stem, start))
+                if profile.reuse is not None:
+                    reuse.keep_executed(executed_dir, src, profile.reuse)
+            if profile.reuse is not None:
+                run = dataclasses.replace(run, message=f"{run.message} (ran: {why})".strip())
         print(f"{run.status} {run.wall_s:.1f} s" + (f": {run.message}" if run.message else ""), flush=True)
         record_timing(run, profile.name, executed_dir)
         runs.append(run)
     return runs
+
+
+def _written(executed_dir: Path, stem: str, since: float) -> list[str]:
+    """Files a notebook wrote into `executed_dir` (tables, the summary's pages), not its own copy or log."""
+    own = {f"{stem}.ipynb", f"{stem}.log", f"{stem}{reuse.BUILD_SUFFIX}", "timings.json", "profile.json"}
+    return [p.name for p in executed_dir.iterdir() if p.is_file() and p.name not in own and p.stat().st_mtime >= since]
 
 
 def build_html(book_dir: Path, notebooks: list[Path]) -> Path:
@@ -348,7 +261,7 @@ def build_book(profile: str | Path = "quick", *, notebooks_dir: Path = Path("not
     write_provenance(loaded, notebooks_dir, executed_dir)
     runs = execute_notebooks(loaded, select_notebooks(notebooks, only), executed_dir,
                              timeout if timeout is not None else loaded.timeout)
-    failed = [f"{r.notebook}: {r.message}" for r in runs if r.status != "ok"]
+    failed = [f"{r.notebook}: {r.message}" for r in runs if r.status not in ("ok", "reused")]
     if failed:
         raise BookError(f"{len(failed)} notebook(s) failed:\n  " + "\n  ".join(failed))
     return build_html(book_dir, notebooks)

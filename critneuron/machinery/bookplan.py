@@ -14,7 +14,7 @@ from critneuron.experiments.budget import METHODS, RANDOM_SEEDS
 from critneuron.experiments.store import Store, versions
 from critneuron.experiments.transfer import at_init_settings, at_init_source, transfer_plan
 from critneuron.machinery import chapters
-from critneuron.machinery.book import list_notebooks, load_profile, select_notebooks
+from critneuron.machinery.profiles import list_notebooks, load_profile, select_notebooks
 from critneuron.machinery.plan import STATUSES, Planner, Stage, split_sizes, totals
 from critneuron.machinery.rates import Rates
 from critneuron.machinery.sweepfile import expand, parse_sweep

@@ -19,6 +19,7 @@ from myst_nb import glue
 from critneuron.experiments.fingerprint import is_current
 from critneuron.experiments.store import Store
 from critneuron.machinery.book import read_provenance
+from critneuron.machinery.reuse import record_reads
 from critneuron.machinery.reporting import styled
 
 INTERACTIVE = "interactive"
@@ -104,7 +105,11 @@ def settings(profile: str, notebook: str, output_dir: str) -> None:
     glue("settings", styled(settings_table(profile, notebook, output_dir)), display=False)
 
 
-def finish(profile: str, output_dir: str, store: RecordingStore | None, findings: Sequence[str]) -> None:
-    """Glue the page's ``provenance`` line and its ``findings`` (one bullet each); call it last."""
+def finish(profile: str, notebook: str, output_dir: str, store: RecordingStore | None,
+           findings: Sequence[str]) -> None:
+    """Glue the page's ``provenance`` line and its ``findings`` (one bullet each), and note which
+    stored results it read (`machinery.reuse`); call it last."""
     glue("provenance", Markdown(provenance_line(profile, output_dir, freshness(store))), display=False)
     glue("findings", Markdown("\n".join(f"- {line}" for line in findings)), display=False)
+    if profile != INTERACTIVE:
+        record_reads(output_dir, notebook, None if store is None else list(store.runs_read))
