@@ -126,3 +126,7 @@ def test_training_ignores_new_code_beside_it_and_scoring_settings() -> None:
     assert "critneuron.nets.train:train_model" in reached and "critneuron.nets.data:load_split" in reached
     assert not {"critneuron.nets.train", "critneuron.config", "critneuron.config:ScoreConfig"} & reached
     assert "critneuron.mip.solve" not in modules(transfer.RETRAIN_CODE)
+    prune_rows = load_sweep(REPO / "sweeps" / "lambda.yaml").code
+    assert "critneuron.mip.solve" in modules(prune_rows) and "critneuron.nets.train" in modules(prune_rows)
+    for code in (experiment.TRAIN_CODE, prune_rows):  # storing a result does not change it
+        assert not {"critneuron.experiments.store", "critneuron.experiments.fingerprint"} & modules(code)

@@ -198,7 +198,9 @@ def test_a_sweep_reruns_runs_whose_task_code_changed(tmp_path, toy_tasks, monkey
         Store(tmp_path / "results")
     assert run_sweep(sweep, store, scheduler="serial", progress=False).done == 2
     assert run_sweep(sweep, store, scheduler="serial", progress=False).skipped == 2
-    source.write_text(source.read_text() + "\n\ndef noop() -> None:\n    pass\n")
+    source.write_text(source.read_text() + "\n\ndef noop() -> None:\n    pass\n")  # beside the task: no change
+    assert [r["code"] for r in store.ls()] == ["fresh", "fresh"]
+    source.write_text(source.read_text().replace('"value": lam**2', '"value": lam * lam'))
     assert [r["code"] for r in store.ls()] == ["stale", "stale"] and sweep_results(sweep, store) == []
     summary = run_sweep(sweep, store, scheduler="serial", progress=False)
     assert (summary.done, summary.skipped) == (2, 0) and executions(toy_tasks) == {1.0: 2, 2.0: 2}

@@ -145,6 +145,12 @@ def block_executor(scheduler: str | None, workers: int) -> Iterator[Executor | N
         yield client.get_executor()
 
 
+def block_score_config(score: ScoreConfig, block: str) -> dict[str, Any]:
+    """The store config of one block's score: the score settings but `batch_rule` (blocks draw
+    their own batches, `mip.blocks.block_batches`; the batch indices are among the inputs)."""
+    return {**{k: v for k, v in to_dict(score).items() if k != "batch_rule"}, "block": block}
+
+
 def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training: str, workers: int = 1,
                          progress: bool = False, batches: list[tuple] | None = None, *,
                          scheduler: str | None = None, blocks: Sequence[int] | None = None,
@@ -173,8 +179,7 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
         problems = [problems[k - 1] for k in sorted(set(blocks))]
     common = {"weights": weights_hash(net.model), "heads": weights_hash(net.heads), "dataset": cfg.data.dataset,
               "source": dataset_source(cfg.data), "solver": solver_version(cfg.score), **versions()}
-    settings = {k: v for k, v in to_dict(cfg.score).items() if k != "batch_rule"}  # blocks draw their own batches
-    entries = {p.name: ({**settings, "block": p.name}, {**common, "batch_indices": p.batch_indices})
+    entries = {p.name: (block_score_config(cfg.score, p.name), {**common, "batch_indices": p.batch_indices})
                for p in problems}
     keys = {name: store.key("score", config, **inputs) for name, (config, inputs) in entries.items()}
     code = BLOCK_SCORE_CODE[training]

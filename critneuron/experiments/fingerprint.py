@@ -16,7 +16,8 @@ A stage (a kind of stored result) declares its code once, next to where it is ca
   module). Its module's other definitions are not part of it, so a change to the scoring glue in
   experiments/runs.py does not touch training's fingerprint.
 
-Sources are compared as ASTs (`ast.dump`, no line numbers): comments, blank lines and code
+The bookkeeping modules (`BOOKKEEPING`: this one and the result store) are not followed: storing a
+result does not change it. Sources are compared as ASTs (`ast.dump`, no line numbers): comments, blank lines and code
 moving up or down a file change nothing; docstrings do. Modules are found with
 `importlib.util.find_spec` on the current `sys.path`, so the fingerprint is that of the code
 this process imports, wherever the package lies; renaming or moving a module changes it.
@@ -35,6 +36,9 @@ from pathlib import Path
 from critneuron.errors import CritneuronError
 
 PACKAGE = __name__.partition(".")[0]
+# Modules that store results and name their code but never change a computed value: a stage that
+# reaches them (e.g. through `Store.cached`) does not depend on them.
+BOOKKEEPING = (__name__, "critneuron.experiments.store")
 _computed: dict[tuple[str, ...], tuple[str, dict[str, tuple]]] = {}  # entries -> (fingerprint, file stamps)
 
 
@@ -130,6 +134,8 @@ def _closure(entries: tuple[str, ...], files: dict[str, tuple] | None = None) ->
         if entry in found:
             continue
         module_name, _, attr = entry.partition(":")
+        if module_name in BOOKKEEPING and entry not in entries:
+            continue
         module = _module(module_name)
         if files is not None:
             files[module_name] = _stamp(module_name)

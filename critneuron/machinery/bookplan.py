@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from critneuron.catalog import model_record
-from critneuron.config import RunConfig, from_dict, paper_train_config, to_dict
+from critneuron.config import RunConfig, ScoreConfig, choices, from_dict, paper_train_config, to_dict
 from critneuron.experiments.budget import METHODS, RANDOM_SEEDS
 from critneuron.experiments.store import Store, versions
 from critneuron.experiments.transfer import at_init_settings, at_init_source, transfer_plan
@@ -80,6 +80,13 @@ def _decoupled(p: Planner, chapter: str, params: dict) -> None:
     inputs, status = p.score(chapter, cfg, metrics, fresh, label=" (whole MIP of the decoupled net)")
     p.blocks(chapter, cfg, metrics, fresh and status == "fresh",
              batch_indices=inputs["batch_indices"] if inputs else None)
+    both = [chapters.compared_config(configs, params["compare_bounds"])]
+    full = chapters.full_width_config(**params)
+    for cfg in both + ([full] if full is not None else []):
+        metrics, fresh = p.train(chapter, cfg, "decoupled")
+        for rule in choices(ScoreConfig, "block_bounds"):
+            p.blocks(chapter, dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, block_bounds=rule)),
+                     metrics, fresh)
 
 
 def _transfer(p: Planner, chapter: str, params: dict) -> None:

@@ -13,6 +13,7 @@ from critneuron.catalog import paper_finetune_epochs
 from critneuron.config import (
     DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, from_dict, paper_train_config, to_dict,
 )
+from critneuron.errors import ConfigError
 from critneuron.experiments.transfer import source_config
 from critneuron.experiments.whole import prune_sweep
 
@@ -60,6 +61,25 @@ def decoupled_configs(dataset: str, runs: Sequence[Sequence], epochs: int | None
     return [(RunConfig(data=data, model=ModelConfig(name=name, width=width), score=score, prune=prune,
                        train=paper_train_config(name, dataset, epochs, seed)), training)
             for name, width, training in runs for seed in seeds]
+
+
+def full_width_config(dataset: str, data_root: str | None, test_subset: int | None, seeds: Sequence[int],
+                      lambda_: float, threshold: float | None, mode: str, batch_size: int,
+                      full_width: dict[str, Any] | None, **_other: Any) -> RunConfig | None:
+    """Chapter 03: the full-width VGG-16 scored block by block (None when `full_width` is None):
+    `full_width["epochs"]` decoupled epochs (on `subset` training images if given), the first
+    seed, each sub-program limited to `time_limit` seconds."""
+    if full_width is None:
+        return None
+    unknown = sorted(set(full_width) - {"epochs", "subset", "time_limit"})
+    if unknown:
+        raise ConfigError(f"full_width: unknown key(s) {unknown}; known: epochs, subset, time_limit")
+    data = DataConfig(dataset=dataset, root=data_root, subset=full_width.get("subset"), test_subset=test_subset)
+    return RunConfig(data=data, model=ModelConfig(name="vgg16", width=1.0),
+                     train=paper_train_config("vgg16", dataset, full_width["epochs"], seeds[0]),
+                     score=ScoreConfig(lambda_=lambda_, mode=mode, batch_size=batch_size,
+                                       time_limit=full_width["time_limit"]),
+                     prune=PruneConfig(threshold=threshold))
 
 
 def compared_config(configs: Sequence[tuple[RunConfig, str]], compare: str) -> RunConfig:

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from critneuron.catalog import dataset_record, model_record
 from critneuron.config import DataConfig, ModelConfig, RunConfig, TrainConfig, canonical_json, to_dict
 from critneuron.experiments import runfiles
-from critneuron.experiments.decoupled import DECOUPLED_TRAIN_CODE, HEADS_CODE
+from critneuron.experiments.decoupled import DECOUPLED_TRAIN_CODE, HEADS_CODE, block_score_config
 from critneuron.experiments.fingerprint import is_current
 from critneuron.experiments.runs import TRAIN_CODE, train_config, train_inputs, weights_hash
 from critneuron.experiments.store import Store
@@ -153,7 +153,7 @@ class Planner:
         whether all are fresh."""
         weights, statuses = (metrics["weights_hash"] if metrics else None), []
         for name in self.block_names(cfg):
-            config = {**to_dict(cfg.score), "block": name}
+            config = block_score_config(cfg.score, name)
             found = self.index.matches("score", config, weights=weights, **inputs) if weights else []
             estimate = self.rates.solve_seconds(cfg.model.name, cfg.model.width, name, cfg.score.mode,
                                                 cfg.score.time_limit)

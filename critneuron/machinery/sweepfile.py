@@ -51,9 +51,10 @@ class Sweep:
 
     @property
     def code(self) -> Code:
-        """The code of the sweep's runs: the task's module, whole (its results hold everything the
-        task computes, so any stage it runs counts)."""
-        return Code((self.task.partition(":")[0],))
+        """The code of the sweep's runs: the task function and, by definition, everything it calls
+        (its results hold everything the task computes, training and scoring included), but not
+        the rest of its module."""
+        return Code((self.task,))
 
 
 def _field_hint(cls: type, name: str, dotted: str) -> Any:
