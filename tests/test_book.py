@@ -252,3 +252,13 @@ def test_relative_data_root_is_made_absolute_for_notebooks(tmp_path: Path, monke
     assert "CRITNEURON_CACHE" not in env
     monkeypatch.delenv("CRITNEURON_DATA")
     assert book.notebook_env(tmp_path / "notebooks" / "01_x.ipynb")["CRITNEURON_DATA"] == str(tmp_path / "data")
+
+
+def test_a_profile_extends_another_section_by_section(toy_notebooks: Path) -> None:
+    (toy_notebooks / "profiles" / "child.yaml").write_text("extends: toy\ntimeout: 5\n02_broken: {x: 3}\n")
+    child, base = book.load_profile("child", toy_notebooks), book.load_profile("toy", toy_notebooks)
+    assert child.timeout == 5 and child.parameters["02_broken"] == {"x": 3, "y": 0}
+    assert child.parameters["01_fine"] == base.parameters["01_fine"] == {"x": 1}
+    (toy_notebooks / "profiles" / "loop.yaml").write_text("extends: loop\n")
+    with pytest.raises(ConfigError, match="'extends' must name another profile"):
+        book.load_profile("loop", toy_notebooks)

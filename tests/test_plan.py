@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from critneuron.cli import main
+from critneuron.errors import ConfigError
 from critneuron.experiments.runs import trained_model
 from critneuron.experiments.store import Store
 from critneuron.machinery import chapters, reporting
@@ -98,3 +99,22 @@ def test_the_pruning_sweep_run_as_chapter_02_runs_it_reads_fresh(tmp_path: Path,
               for s in book_plan("smoke", NOTEBOOKS, rates=RATES, store=store, only=["02"])}
     assert stages == {("train", False): "fresh", ("score", False): "fresh", ("prune row", False): "fresh",
                       ("score", True): "missing", ("budget", False): "missing"}
+
+
+def test_the_shipped_profile_extends_paper_and_scores_one_full_width_vgg16() -> None:
+    shipped, paper = (load_profile(name, NOTEBOOKS) for name in ("shipped", "paper"))
+    assert shipped.reuse == NOTEBOOKS / "../shipped/book" and paper.reuse is None
+    assert shipped.parameters["02_pruning"] == paper.parameters["02_pruning"]  # inherited whole
+    own = shipped.parameters["03_decoupled"]
+    assert own["runs"][0] == ["vgg16", 0.0625, "decoupled"] and own["seeds"] == paper.parameters["03_decoupled"]["seeds"]
+    full = chapters.full_width_config(**own)
+    assert (full.model.name, full.model.width, full.train.epochs, full.score.time_limit) == ("vgg16", 1.0, 1, 600)
+    assert chapters.full_width_config(**paper.parameters["03_decoupled"]) is None
+    with pytest.raises(ConfigError, match="unknown key"):
+        chapters.full_width_config(**{**own, "full_width": {"epochs": 1, "time_limit": 1, "width": 2}})
+    sources = chapters.transfer_sources(chapters.transfer_base(**shipped.parameters["04_generalization"]),
+                                        **shipped.parameters["04_generalization"])
+    seeds = {(src.model.name, b): sorted(s.train.seed for s, bb in sources if (s.model.name, bb) == (src.model.name, b))
+             for src, b in sources}
+    assert seeds[("vgg16", "mnist")] == [0] and seeds[("lenet5", "cifar10")] == [0, 1, 2]
+    assert {src.model.width for src, _b in sources if src.model.name == "vgg16"} == {0.0625}

@@ -13,7 +13,7 @@ from critneuron.config import RunConfig, ScoreConfig, choices, from_dict, paper_
 from critneuron.experiments.budget import METHODS, RANDOM_SEEDS
 from critneuron.experiments.store import Store, versions
 from critneuron.experiments.transfer import at_init_settings, at_init_source, transfer_plan
-from critneuron.machinery import chapters
+from critneuron.machinery import chapters, reuse
 from critneuron.machinery.profiles import list_notebooks, load_profile, select_notebooks
 from critneuron.machinery.plan import STATUSES, Planner, Stage, split_sizes, totals
 from critneuron.machinery.rates import Rates
@@ -138,6 +138,12 @@ def book_plan(profile: str | Path, notebooks_dir: Path = Path("notebooks"), rate
         CHAPTERS[stem](planner, stem, params)
     for planner in planners.values():
         stages += planner.stages
+    if loaded.reuse is not None:  # a chapter whose executed copy is current runs nothing per build
+        notebooks = {nb.stem: nb for nb in list_notebooks(notebooks_dir)}
+        kept = {stem for stem, params in loaded.parameters.items() if stem in CHAPTERS and reuse.why_not_reusable(
+            loaded.reuse, notebooks[stem], params, Path(notebooks_dir) / params["results_dir"], True) is None}
+        stages = [dataclasses.replace(s, status="reused") if s.status == "every build" and s.chapter in kept else s
+                  for s in stages]
     return sorted(stages, key=lambda s: s.chapter)
 
 

@@ -7,7 +7,8 @@ store holds each one **fresh** (complete, computed by today's code), **stale** (
 its code changed, or a stage it builds on will be recomputed) or **missing**; and the CPU time
 of what is not fresh, from the measured rates of `machinery.rates`. Work a notebook redoes at
 every build (chapter 01's solves, chapter 03's evaluation and fine-tuning) is listed as
-"every build". A stage several chapters share is counted in the first (where it is computed).
+"every build", or "reused" when the profile reuses that chapter's current executed copy
+(`machinery.reuse`). A stage several chapters share is counted in the first (where it is computed).
 
 Stages whose key depends on a stage before them (a score on trained weights, a retraining on
 a mask) are matched by what the key holds that is known before computing: the score's config
@@ -35,7 +36,7 @@ from critneuron.nets.data import official_split
 from critneuron.nets.heads import Decoupled
 from critneuron.nets.models import build_model
 
-STATUSES = ("fresh", "stale", "missing", "every build")
+STATUSES = ("fresh", "stale", "missing", "every build", "reused")
 MASKS_PER_TRANSFER = 4  # mip, random, snip, snip-authors (`experiments.transfer.VARIANTS` less the reference)
 
 
@@ -55,7 +56,7 @@ class Stage:
     @property
     def counted(self) -> float | None:
         """CPU seconds this stage adds to its chapter's total (0 if fresh or counted elsewhere)."""
-        return 0.0 if self.status == "fresh" or self.first else self.estimate.seconds
+        return 0.0 if self.status in ("fresh", "reused") or self.first else self.estimate.seconds
 
 
 class StoreIndex:
