@@ -22,10 +22,10 @@ from critneuron.experiments.store import Store
 
 
 def rows(store: Store) -> list[dict]:
-    """One row per (dataset, layer) of every complete whole-network score: units, zeros, tiny."""
+    """One row per (dataset, layer) of every fresh whole-network score: units, zeros, tiny."""
     out = []
     for record in store.ls("score"):
-        if record["status"] != "complete":
+        if record["status"] != "complete" or record["code"] != "fresh":
             continue
         run = store.read("score", record["key"])
         if "block" in run["config"]:  # decoupled blocks: the whole-network scores are the question

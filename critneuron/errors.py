@@ -19,6 +19,10 @@ class UnsupportedLayerError(CritneuronError, TypeError):
     """A torch module has no MIP encoding."""
 
 
+class CompactionError(CritneuronError, ValueError):
+    """The pruned network cannot be rebuilt without its pruned units (e.g. a convolution keeps none)."""
+
+
 class CheckpointError(CritneuronError, ValueError):
     """A file is not a readable critneuron checkpoint (corrupt, foreign or of another format)."""
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from critneuron.pruning.compact import BorderBiasConv2d, build_compact, compact_model, load_compact, save_compact
-from critneuron.errors import ConfigError, UnsupportedLayerError
+from critneuron.errors import CompactionError, ConfigError, UnsupportedLayerError
 from critneuron.nets.models import build_model
 from critneuron.pruning.masks import (
     Masks,
@@ -103,6 +103,14 @@ def test_fully_pruned_layer_is_removed_and_folded() -> None:
     assert compact.fc1.weight.shape == (0, 3072) and compact.fc2.weight.shape == (2, 0)
     masked = apply_masks(model, masks).eval()
     assert max_gap(masked, compact, inputs()) <= 1e-5
+
+
+def test_a_convolution_that_keeps_no_channel_is_a_named_error() -> None:
+    model = prepared("lenet5")
+    masks = random_masks(model, seed=6)
+    masks = Masks(kept={**masks.kept, "conv2": []}, sizes=masks.sizes)
+    with pytest.raises(CompactionError, match=r"\['conv2'\] keep none of their units"):
+        compact_model(model, masks)
 
 
 def test_frozen_model_compacts_like_the_plain_one() -> None:

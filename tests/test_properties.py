@@ -14,6 +14,7 @@ from hypothesis import assume, event, given
 from hypothesis import strategies as st
 from torch import nn
 
+from critneuron.errors import CompactionError
 from critneuron.config import ScoreConfig
 from critneuron.mip.bounds import interval_bounds, module_bounds, stability_counts
 from critneuron.mip.scores import score
@@ -156,12 +157,14 @@ def _check_masks(net: nn.Sequential, result, shape: tuple, tau: float) -> None:
         assert masks.kept[name] == np.flatnonzero(np.asarray(values) >= tau).tolist()
     if any(isinstance(m, nn.AdaptiveAvgPool2d) for m in net):
         return  # compaction does not support adaptive pooling
-    if not all(masks.kept.values()):
-        return  # a layer with no unit left compacts to a Conv2d(·, 0) or BatchNorm(0) that torch cannot run
     net64 = net.double()
+    try:
+        compact, _ = compact_model(net64, masks, input_shape=shape)
+    except CompactionError as err:  # a Conv2d(·, 0) or BatchNorm(0) cannot run; an empty Linear compacts
+        assert not all(masks.kept.values()) and "keep none of their units" in str(err)
+        return
     assert count_params_flops(net64, None, shape)[0] == sum(p.numel() for p in net64.parameters())
     masked = apply_masks(net64, masks)
-    compact, _ = compact_model(net64, masks, input_shape=shape)
     assert count_params_flops(net64, masks, shape)[0] == sum(p.numel() for p in compact.parameters())
     probe = torch.rand(4, *shape, dtype=torch.float64)
     with torch.no_grad():

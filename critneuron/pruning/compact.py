@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from critneuron.errors import ConfigError, UnsupportedLayerError
+from critneuron.errors import CompactionError, ConfigError, UnsupportedLayerError
 from critneuron.nets.models import INPUT_SHAPE
 from critneuron.nets.models import evaluating
 from critneuron.config import Bias
@@ -209,15 +209,35 @@ BUILDERS: dict[str, Callable[..., nn.Module]] = {
 
 
 @torch.no_grad()
+def _unbuildable_empty_layers(model: nn.Sequential, masks: Masks) -> list[str]:
+    """Layers that keep no unit and would compact to a Conv2d or BatchNorm with 0 channels (an
+    empty Linear without a BatchNorm after it compacts fine: its successor sees zeros)."""
+    empty, last = [], None
+    for name, module in model.named_children():
+        if name in masks.kept:
+            last = None if masks.kept[name] else name
+            if last and isinstance(module, nn.Conv2d):
+                empty.append(last)
+        elif last and isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and last not in empty:
+            empty.append(last)
+    return empty
+
+
 def compact_model(
     model: nn.Sequential, masks: Masks, bias: Bias = "keep-bias", input_shape: tuple[int, ...] = INPUT_SHAPE
 ) -> tuple[nn.Sequential, dict[str, Any]]:
     """The network without its pruned units, equal in eval mode to `apply_masks(model, masks, bias)`.
 
-    Returns the compact network (eval mode, same child names) and its `arch` dict.
+    Returns the compact network (eval mode, same child names) and its `arch` dict. A convolution,
+    or a layer followed by a BatchNorm, that keeps no unit raises CompactionError.
     """
     check_bias(bias)
     check_masks(model, masks)
+    empty = _unbuildable_empty_layers(model, masks)
+    if empty:
+        raise CompactionError(f"cannot compact: layer(s) {empty} keep none of their units, and torch cannot run "
+                              "a Conv2d or BatchNorm with 0 channels; evaluate the pruned network with apply_masks "
+                              "instead")
     shapes = layer_shapes(model, input_shape)
     param = next(model.parameters())
     flow = _Flow(
