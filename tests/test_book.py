@@ -11,7 +11,7 @@ import nbformat
 import pandas as pd
 import pytest
 import yaml
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from nbformat.v4 import new_code_cell, new_notebook
 
 from critneuron.config import ScoreConfig
 from critneuron.machinery import book, verdicts
