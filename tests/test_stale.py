@@ -1,6 +1,6 @@
 """Results never outlive their code: a one-line change to the scoring code makes a stored score
-(and the sweep run that used it) stale but not the trained network; the next sweep recomputes
-exactly those. Real store, real HiGHS, a tiny fc3 run, on a copy of the package that the test edits."""
+(and the sweep run that used it, when the change is in code it calls) stale but not the trained
+network; the next sweep recomputes exactly those. Real store, real HiGHS, a tiny fc3 run, on a copy of the package that the test edits."""
 
 from __future__ import annotations
 
@@ -59,6 +59,9 @@ def test_a_scoring_change_makes_scores_stale_and_keeps_training(shared_data_root
 
     formulation = source / "critneuron" / "mip" / "formulation.py"
     formulation.write_text(formulation.read_text() + "\n\ndef noop() -> None:\n    pass\n")
+    # the score takes mip modules whole; the sweep row follows what its task calls, which is unchanged
+    assert listing(source, results) == {"prune": ["fresh"], "score": ["stale"], "train": ["fresh"]}
+    formulation.write_text(formulation.read_text().replace('"""A built model: its', '"""A built model (edited): its'))
     assert listing(source, results) == {"prune": ["stale"], "score": ["stale"], "train": ["fresh"]}
 
     assert "1 runs: 1 done, 0 skipped" in critneuron(source, *run_sweep)
@@ -66,5 +69,5 @@ def test_a_scoring_change_makes_scores_stale_and_keeps_training(shared_data_root
     assert written(results, "train") == trained and written(results, "score") > scored
     (score_run,) = [p for p in (results / "score").iterdir() if not p.name.startswith(".")]
     code = json.loads((score_run / "meta.json").read_text())["code"]
-    assert "critneuron.mip.scores" in code["entries"] and "critneuron.nets.train" in code["entries"]
+    assert "critneuron.mip.scores" in code["entries"] and "critneuron.experiments.runs:_train" in code["entries"]
     assert "1 runs: 0 done, 1 skipped" in critneuron(source, *run_sweep)
