@@ -40,6 +40,22 @@ def add_common_args(parser: argparse.ArgumentParser, name: str) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"where {name}.{{csv,json}} go")
 
 
+def add_decoupled_args(parser: argparse.ArgumentParser, width: float, workers: int, workers_help: str) -> None:
+    """The network a decoupled benchmark trains (model, width, dataset) and its sub-MIPs' workers."""
+    parser.add_argument("--model", default="vgg16")
+    parser.add_argument("--width", type=float, default=width, help="channel multiplier (vgg16 only)")
+    parser.add_argument("--dataset", default="cifar10")
+    parser.add_argument("--workers", type=int, default=workers, help=workers_help)
+
+
+def decoupled_config(args: argparse.Namespace, **data: Any) -> RunConfig:
+    """The run config of the network `add_decoupled_args` names, with the paper's schedule for
+    --epochs and --seed (`data`: further DataConfig fields)."""
+    return RunConfig(data=DataConfig(dataset=args.dataset, subset=args.subset, **data),
+                     model=ModelConfig(name=args.model, width=args.width),
+                     train=paper_train_config(args.model, args.dataset, args.epochs, args.seed))
+
+
 def environment() -> dict[str, Any]:
     """Package versions and the machine the figures come from."""
     versions = package_versions(PACKAGES)

@@ -15,34 +15,30 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, environment, print_environment  # noqa: E402
+from _common import add_common_args, add_decoupled_args, decoupled_config, environment, print_environment  # noqa: E402
 
-from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, choices, paper_train_config  # noqa: E402
+from critneuron.config import ScoreConfig, choices  # noqa: E402
 from critneuron.experiments.decoupled import block_bounds_comparison, decoupled_network  # noqa: E402
 from critneuron.experiments.store import Store  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="vgg16")
-    parser.add_argument("--width", type=float, default=0.0625, help="channel multiplier (vgg16 only)")
-    parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--workers", type=int, default=1, help="sub-MIPs solved at once (1: serial)")
+    add_decoupled_args(parser, width=0.0625, workers=1, workers_help="sub-MIPs solved at once (1: serial)")
     parser.add_argument("--rules", nargs="+", default=None, choices=choices(ScoreConfig, "block_bounds"),
                         help="block_bounds rules to score (default: both)")
     add_common_args(parser, "bench_block_bounds")
     args = parser.parse_args(argv)
     env = environment()
     print_environment(env)
-    run = RunConfig(data=DataConfig(dataset=args.dataset, subset=args.subset),
-                    model=ModelConfig(name=args.model, width=args.width),
-                    train=paper_train_config(args.model, args.dataset, args.epochs, args.seed),
-                    score=ScoreConfig(batch_size=args.batch_size, time_limit=args.time_limit, seed=args.seed))
+    run = dataclasses.replace(decoupled_config(args), score=ScoreConfig(batch_size=args.batch_size,
+                                                                        time_limit=args.time_limit, seed=args.seed))
     store = Store(args.cache)
     net, _metrics = decoupled_network(run, store, "decoupled", progress=True)
     rows = block_bounds_comparison(net, run, store, "decoupled", args.workers, args.rules)

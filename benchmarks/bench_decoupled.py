@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, environment, print_environment  # noqa: E402
+from _common import add_common_args, add_decoupled_args, decoupled_config, environment, print_environment  # noqa: E402
 
 from critneuron.cli import block_list  # noqa: E402
-from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, choices, paper_train_config  # noqa: E402
+from critneuron.config import ScoreConfig, choices  # noqa: E402
 from critneuron.errors import SolveError  # noqa: E402
 from critneuron.experiments.decoupled import block_executor, decoupled_network, with_heads  # noqa: E402
 from critneuron.experiments.store import Store  # noqa: E402
@@ -40,10 +40,7 @@ from critneuron.nets.train import load_checkpoint  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="vgg16")
-    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (vgg16 only)")
-    parser.add_argument("--dataset", default="cifar10")
-    parser.add_argument("--workers", type=int, default=2, help="sub-MIPs solved at once (a Dask LocalCluster)")
+    add_decoupled_args(parser, width=1.0, workers=2, workers_help="sub-MIPs solved at once (a Dask LocalCluster)")
     parser.add_argument("--scheduler", help="a Dask scheduler address, or 'serial' (default: a LocalCluster)")
     parser.add_argument("--first-lp", default="auto", choices=("auto", "simplex", "ipx"))
     parser.add_argument("--scaling", default="auto", choices=("auto", "on", "off"), help="ScoreConfig.scaling")
@@ -69,9 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         net = with_heads(model.eval(), meta["heads"], meta["train_config"].seed)
         figures = {"checkpoint": str(args.checkpoint), "metrics": meta["metrics"]}
     else:
-        data = DataConfig(dataset=args.dataset, subset=args.subset, test_subset=args.test_subset)
-        run = RunConfig(data=data, model=ModelConfig(name=args.model, width=args.width),
-                        train=paper_train_config(args.model, args.dataset, args.epochs, args.seed))
+        run = decoupled_config(args, test_subset=args.test_subset)
+        data = run.data
         net, figures = decoupled_network(run, Store(args.cache), "decoupled", progress=True)  # trained once per config
         figures = {k: figures[k] for k in ("train_seconds", "head_test_accuracy", "history")}
         figures["seconds_per_epoch"] = figures["train_seconds"] / max(args.epochs, 1)

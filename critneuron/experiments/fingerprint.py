@@ -191,7 +191,7 @@ def _same_package(name: str, module: _Module, target: str) -> bool:
     """Whether import `target` lies in the package of whole module `name` (or below it)."""
     package = name if module.is_package else name.rpartition(".")[0]
     target_module = target.partition(":")[0]
-    return target_module.startswith(f"{package}.") and target_module.count(".") > package.count(".")
+    return target_module.startswith(f"{package}.")
 
 
 def _internal(name: str, own: str) -> bool:

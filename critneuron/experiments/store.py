@@ -198,9 +198,8 @@ class Store:
         ``compute_fn()``, stored (replacing a stale run), returned.
 
         `needs`: artifacts the caller reads. A fresh run without them (a shipped store keeps no
-        checkpoints) is computed again: if the new result agrees on every ``*_hash`` field
-        (e.g. ``weights_hash``), only the artifacts are added; otherwise the new run replaces the
-        old one, so results keyed on the old hash are not reused. `reuse_if(run)` (a `read`
+        checkpoints) is computed again: if the new result agrees on every ``*_hash`` field, only
+        the artifacts are added, else the new run replaces the old. `reuse_if(run)` (a `read`
         record): False for a stored run that may not be reused here, which is computed again and
         replaced (e.g. a solve stopped by its time limit on another machine).
 
@@ -275,7 +274,7 @@ class Store:
             folder = self.root / name
             if folder.is_dir():
                 keys = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
-                records.extend(self._record(name, key) for key in keys)
+                records.extend(self.record(name, key) for key in keys)
         return records
 
     def to_frame(self, kind: str | None = None) -> pandas.DataFrame:
@@ -320,7 +319,8 @@ class Store:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
-    def _record(self, kind: str, key: str) -> dict:
+    def record(self, kind: str, key: str) -> dict:
+        """The `ls` record of one run: kind, key, status (complete, failed, incomplete), path, code."""
         folder = self.root / kind / key
         record = {"kind": kind, "key": key, "status": "incomplete", "path": str(folder), "code": None}
         if (folder / RESULT).is_file():

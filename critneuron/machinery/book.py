@@ -10,6 +10,7 @@ whose static ``_config.yml`` never executes anything. Notebooks call `save_table
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -18,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable

@@ -24,8 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from critneuron.experiments.fingerprint import is_current
-from critneuron.experiments.store import META, Store
+from critneuron.experiments.store import Store
 
 BUILD_SUFFIX = ".build.json"
 READS_SUFFIX = ".reads.json"
@@ -67,13 +66,6 @@ def _load(path: Path) -> dict | None:
         return None
 
 
-def _fresh(store: Store, kind: str, key: str) -> bool:
-    if not store.is_complete(kind, key):
-        return False
-    meta = _load(store.path(kind, key) / META) or {}
-    return is_current(meta.get("code"))
-
-
 def why_not_reusable(reuse_dir: Path, src: Path, parameters: dict[str, Any], results_root: Path,
                      earlier_all_reused: bool) -> str | None:
     """None if the executed copy of `src` in `reuse_dir` may be reused; else the reason."""
@@ -88,7 +80,7 @@ def why_not_reusable(reuse_dir: Path, src: Path, parameters: dict[str, Any], res
     if reads["reads"] is None:
         return None if earlier_all_reused else "a chapter before it ran again"
     store = Store(results_root)
-    stale = sum(not _fresh(store, kind, key) for kind, key in reads["reads"])
+    stale = sum(store.record(kind, key)["code"] != "fresh" for kind, key in reads["reads"])
     return f"{stale} of its {len(reads['reads'])} stored results missing or stale" if stale else None
 
 
