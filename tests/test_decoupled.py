@@ -129,7 +129,10 @@ def test_only_usable_blocks_give_scores_and_every_block_keeps_its_row() -> None:
     rows = combined.provenance["blocks"]
     assert list(combined.layers) == ["conv1"] and [r["usable"] for r in rows] == [True, False]
     assert rows[0]["final_point"] in ("interior", "vertex") and rows[0]["selfcheck_error"] is not None
-    failed = blocks.failure_row(problems[1], "no point", {})
+    runs = [h["iterations"] for h in first.provenance["solver"]["history"]]
+    assert rows[0]["iterations"] == {k: sum(r[k] for r in runs) for k in runs[0]} and sum(rows[0]["iterations"].values()) > 0
+    failed = blocks.failure_row(problems[1], "no point", {"iterations": {"ipm": 7}})
+    assert failed["iterations"] == {"ipm": 7}
     rows = blocks.combine([first, failed], "decoupled").provenance["blocks"]
     assert rows[1]["final_point"] == "none" and not rows[1]["usable"] and rows[1]["block_bounds"] == "network"
     assert blocks.failure_row(problems[0], "no point", {})["dropped"] == rows[0]["dropped"] == ["head_conv", "head_fc1"]

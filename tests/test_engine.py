@@ -12,6 +12,7 @@ from pyomo.repn import generate_standard_repn
 
 from critneuron.mip.bounds import interval_bounds
 from critneuron.config import ScoreConfig
+from critneuron.mip.engines import TIGHT_FEASIBILITY
 from critneuron.mip.formulation import build_formulation
 from critneuron.nets.models import build_model
 from critneuron.mip.scores import score
@@ -135,12 +136,24 @@ def test_kelley_loop_closes_a_gap_the_lifted_cuts_alone_cannot(case):
     assert reports["lifted"].objective == pytest.approx(reports["tangent"].objective, rel=1e-7)
 
 
+@pytest.mark.parametrize("backend", ["highspy", "appsi"])
+def test_kelley_loop_tightens_the_feasibility_tolerance_when_it_stalls(backend):
+    """At kelley_tol 1e-9 fc3's point stops moving with the aggregated cut too (HiGHS reads its
+    violation as within its 1e-7 feasibility tolerance); the loop then lowers that tolerance and
+    closes the gap, where it used to stop as stalled."""
+    form, cfg = _formulation("fc3", "relaxed", kelley_tol=1e-9, final_point="vertex", backend=backend)
+    report = solve(form, cfg)
+    assert report.status == "optimal" and report.lse_gap <= 1e-9
+    assert [h["tightened"] for h in report.history if "tightened" in h] == [TIGHT_FEASIBILITY]
+
+
 def test_kelley_loop_stops_as_stalled_below_what_the_lp_resolves():
-    """fc3 here cannot get its LSE gap under 1e-10 (the LP's tolerances): the loop stops, labelled
-    `stalled`, when the point stops moving with the aggregated cuts too, not after max_rounds."""
+    """fc3 here cannot get its LSE gap under 1e-10 (the LP's tolerances, tightened once): the
+    loop stops, labelled `stalled`, when the point stops moving again, not after max_rounds."""
     form, cfg = _formulation("fc3", "relaxed", kelley_tol=1e-10, final_point="vertex")
     report = solve(form, cfg)
     assert report.status == "stalled" and report.lse_gap > cfg.kelley_tol and report.rounds < 30
+    assert any("tightened" in h for h in report.history)
 
 
 @pytest.mark.parametrize("case", list(CASES))

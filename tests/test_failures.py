@@ -48,3 +48,4 @@ def test_an_infeasible_program_raises_solve_error(mode):
     with pytest.raises(SolveError, match="no feasible solution in round 1") as failed:
         solve(form, cfg)
     assert failed.value.details["solver_status"] == "infeasible" and failed.value.details["rounds"] == 0
+    assert set(failed.value.details["iterations"]) == {"simplex", "ipm", "crossover"}

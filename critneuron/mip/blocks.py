@@ -184,13 +184,13 @@ def solve_blocks(problems: list[BlockProblem], cfg: ScoreConfig, executor: Execu
 def failure_row(problem: BlockProblem, error: str, details: dict) -> dict:
     """The per-block row (as in `combine`) of a block that has no solution: status "failed", no
     final point, not usable, the error, and what is known of the solve (solver status, rounds,
-    sizes, time, peak memory)."""
+    sizes, the failing run's HiGHS iterations, time, peak memory)."""
     dropped = [name for name in scored_layer_names(problem.sub_model) if name not in problem.kept]
     return {"block": problem.name, "layers": problem.kept, "dropped": dropped, "status": "failed", "error": error,
             "final_point": "none", "usable": False, "selfcheck_error": None, "selfcheck_flagged": None,
             "block_bounds": problem.block_bounds,
             "gap": None, "objective": None, "solver_status": details.get("solver_status"),
-            "rounds": details.get("rounds"), "variables": details.get("variables"),
+            "rounds": details.get("rounds"), "iterations": details.get("iterations"), "variables": details.get("variables"),
             "constraints": details.get("constraints"), "nonzeros": details.get("nonzeros"),
             "binaries": details.get("binaries"), "unstable_units": details.get("unstable_units"),
             "bounds_s": details.get("bounds_s"), "build_s": details.get("build_s"), "solve_s": details.get("solve_s"),
@@ -213,7 +213,7 @@ def usable(status: str, mode: str, selfcheck_passed: bool) -> bool:
 
 def block_row(scores: Scores) -> dict:
     """A solved block's row in `combine`: status, final point, whether its scores are usable,
-    self-check error and flag, the bounds rule, sizes, times and memory."""
+    self-check error and flag, the bounds rule, sizes, HiGHS iterations, times and memory."""
     prov = scores.provenance
     solver, cfg = prov["solver"], prov["config"]
     return {"block": prov["block"], "layers": prov["kept_layers"], "dropped": prov["dropped_layers"],
@@ -221,7 +221,7 @@ def block_row(scores: Scores) -> dict:
             "usable": usable(solver["status"], cfg["mode"], prov["selfcheck_passed"]),
             "selfcheck_error": prov["selfcheck_error"], "selfcheck_flagged": not prov["selfcheck_passed"],
             "block_bounds": cfg.get("block_bounds", "network"),
-            "gap": solver["gap"], "rounds": solver["rounds"],
+            "gap": solver["gap"], "rounds": solver["rounds"], "iterations": _iterations(solver.get("history", [])),
             "objective": solver["objective"], "variables": solver["n_variables"],
             "constraints": solver["n_constraints"], "nonzeros": solver.get("n_nonzeros"),
             "binaries": solver["n_binaries"],
@@ -229,6 +229,15 @@ def block_row(scores: Scores) -> dict:
             "solve_s": prov["seconds"]["solve"], "wall_s": prov["wall_seconds"],
             "peak_rss_gb": prov.get("peak_rss_gb"), "unstable_units": prov["unstable_units"],
             "batch_indices": prov["batch_indices"], "input_box": prov["input_box"]}
+
+
+def _iterations(history: list[dict]) -> dict[str, int]:
+    """HiGHS iterations by algorithm, summed over a solve's runs."""
+    total: dict[str, int] = {}
+    for run in history:
+        for algorithm, count in (run.get("iterations") or {}).items():
+            total[algorithm] = total.get(algorithm, 0) + count
+    return total
 
 
 def combine(block_scores: list[Scores | dict], training: str) -> Scores:

@@ -22,6 +22,8 @@ from critneuron.mip.program import Rows
 from critneuron.mip.scaling import Scaling
 
 STOPPED_WITH_POINT = {"optimal", "maxTimeLimit", "maxIterations", "objectiveLimit", "interrupted"}
+# HiGHS's primal feasibility tolerance once a Kelley loop stalls (`Highspy.tighten`); its default is 1e-7.
+TIGHT_FEASIBILITY = 1e-9
 
 
 class Highspy:
@@ -42,6 +44,7 @@ class Highspy:
                             options=options(cfg, mip_rel_gap=cfg.mip_gap, **scaling.options()))
         del scaled
         self.integer = np.flatnonzero(prog.integer).astype(np.int32)
+        self.tight = False
         self.handover_seconds = time.perf_counter() - start
 
     def set_integer(self, integer: bool) -> None:
@@ -63,6 +66,18 @@ class Highspy:
         if not sol.dual_valid:
             return np.zeros(self.form.program.n_cols)
         return self.scaling.reduced_costs(np.asarray(sol.col_dual))
+
+    def tighten(self) -> bool:
+        """Lower HiGHS's primal feasibility tolerance to `TIGHT_FEASIBILITY`; False if it was already.
+
+        HiGHS checks feasibility in its own scaled space, where a cut violated by 2e-6 at the
+        point (full-width VGG-16 block 11, block-local bounds) can read as satisfied to its 1e-7:
+        the re-solve then runs 0 iterations and the Kelley loop stalls."""
+        if self.tight:
+            return False
+        self.h.setOptionValue("primal_feasibility_tolerance", TIGHT_FEASIBILITY)
+        self.tight = True
+        return True
 
     def add_rows(self, rows: Rows) -> None:
         """Append rows to the live model."""
@@ -135,6 +150,7 @@ class Appsi:
                       "update_objective"):
             setattr(opt.update_config, check, False)
         self.options = {"threads": cfg.threads, "random_seed": cfg.seed, "output_flag": False}
+        self.tight = False
         opt.set_instance(self.model)
         self.binaries = [self.variables[j] for j in np.flatnonzero(form.program.integer)]
         self.handover_seconds = time.perf_counter() - start
@@ -160,6 +176,14 @@ class Appsi:
             costs = self.opt.get_reduced_costs(self.variables)
             return np.array([costs[v] for v in self.variables], dtype=float)
         return np.zeros(len(self.variables))
+
+    def tighten(self) -> bool:
+        """As `Highspy.tighten`, through the options of the next solve."""
+        if self.tight:
+            return False
+        self.options["primal_feasibility_tolerance"] = TIGHT_FEASIBILITY
+        self.tight = True
+        return True
 
     def add_rows(self, rows: Rows) -> None:  # noqa: ARG002 - the rows are in the program already
         """Add the program's new rows to the Pyomo model (appsi picks them up at the next solve)."""

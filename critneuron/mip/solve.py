@@ -16,7 +16,7 @@ import numpy as np
 
 from critneuron.config import ScoreConfig
 from critneuron.errors import SolveError
-from critneuron.mip.engines import Appsi, Highspy
+from critneuron.mip.engines import TIGHT_FEASIBILITY, Appsi, Highspy
 from critneuron.mip.face import interior
 from critneuron.mip.formulation import Formulation
 from critneuron.mip.highs import IPX, solver_version
@@ -162,8 +162,10 @@ def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: 
     A round whose LSE gaps equal the previous round's (to `_STALLED` relative) found the same
     point: its cuts were violated by less than HiGHS's feasibility tolerance, as the lifted
     form's per-exponential cuts are when the gap is a few 1e-7. From then on each round adds the
-    aggregated tangent cut too (`Formulation.add_lse_cuts`); if the loop stalls with it as well,
-    the gap left is below what the LP resolves, and the loop stops with status "stalled"."""
+    aggregated tangent cut too (`Formulation.add_lse_cuts`). If the loop stalls with it as well,
+    HiGHS's primal feasibility tolerance is lowered to `TIGHT_FEASIBILITY` (`Highspy.tighten`;
+    the round is marked "tightened" in `history`); a stall after that means the gap left is below
+    what the LP resolves, and the loop stops with status "stalled"."""
     out, lse_gap, first, last_gaps, aggregated = {}, float("inf"), True, None, False
     while len(history) < cfg.max_rounds:
         remaining = cfg.time_limit - (time.perf_counter() - start)
@@ -191,7 +193,7 @@ def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: 
                              f"(model: {sizes['variables']} variables, {sizes['constraints']} constraints, "
                              f"{sizes['nonzeros']} nonzeros)",
                              {"solver_status": out["status"], "rounds": len(history), "solve_s": seconds,
-                              "final_point": "none", **sizes})
+                              "final_point": "none", "iterations": out.get("iterations"), **sizes})
         gaps = form.lse_gaps() if cfg.loss == "ce" else np.zeros(1)
         lse_gap = float(np.max(gaps))
         history.append({"round": len(history) + 1, "phase": phase, "objective": out["objective"],
@@ -204,8 +206,11 @@ def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: 
             break
         stalled = last_gaps is not None and np.allclose(gaps, last_gaps, rtol=_STALLED, atol=0.0)
         if stalled and (aggregated or form.lse == "tangent"):
-            out = {**out, "status": "stalled"}
-            break
+            if not engine.tighten():
+                out = {**out, "status": "stalled"}
+                break
+            history[-1]["tightened"] = TIGHT_FEASIBILITY
+            stalled = False
         aggregated, last_gaps = aggregated or stalled, gaps
         engine.add_rows(form.add_lse_cuts(form.values, [b for b, g in enumerate(gaps) if g > cfg.kelley_tol],
                                           aggregated))
