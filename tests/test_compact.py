@@ -61,7 +61,7 @@ def max_gap(a: nn.Module, b: nn.Module, x: torch.Tensor) -> float:
 def test_compact_equals_masked(name: str, bias: str) -> None:
     model = prepared(name)
     masks = random_masks(model, seed=0)
-    masked, (compact, arch) = apply_masks(model, masks, bias).eval(), compact_model(model, masks, bias)
+    masked, compact = apply_masks(model, masks, bias).eval(), compact_model(model, masks, bias)[0]
     assert [n for n, _ in compact.named_children()] == [n for n, _ in model.named_children()]
     assert sum(masks.n_pruned().values()) > 0
     for layer, kept in masks.kept.items():
