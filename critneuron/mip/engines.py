@@ -44,7 +44,6 @@ class Highspy:
                             options=options(cfg, mip_rel_gap=cfg.mip_gap, **scaling.options()))
         del scaled
         self.integer = np.flatnonzero(prog.integer).astype(np.int32)
-        self.tight = False
         self.handover_seconds = time.perf_counter() - start
 
     def set_integer(self, integer: bool) -> None:
@@ -67,17 +66,13 @@ class Highspy:
             return np.zeros(self.form.program.n_cols)
         return self.scaling.reduced_costs(np.asarray(sol.col_dual))
 
-    def tighten(self) -> bool:
-        """Lower HiGHS's primal feasibility tolerance to `TIGHT_FEASIBILITY`; False if it was already.
+    def tighten(self) -> None:
+        """Lower HiGHS's primal feasibility tolerance to `TIGHT_FEASIBILITY`.
 
         HiGHS checks feasibility in its own scaled space, where a cut violated by 2e-6 at the
         point (full-width VGG-16 block 11, block-local bounds) can read as satisfied to its 1e-7:
         the re-solve then runs 0 iterations and the Kelley loop stalls."""
-        if self.tight:
-            return False
         self.h.setOptionValue("primal_feasibility_tolerance", TIGHT_FEASIBILITY)
-        self.tight = True
-        return True
 
     def add_rows(self, rows: Rows) -> None:
         """Append rows to the live model."""
@@ -150,7 +145,6 @@ class Appsi:
                       "update_objective"):
             setattr(opt.update_config, check, False)
         self.options = {"threads": cfg.threads, "random_seed": cfg.seed, "output_flag": False}
-        self.tight = False
         opt.set_instance(self.model)
         self.binaries = [self.variables[j] for j in np.flatnonzero(form.program.integer)]
         self.handover_seconds = time.perf_counter() - start
@@ -177,13 +171,9 @@ class Appsi:
             return np.array([costs[v] for v in self.variables], dtype=float)
         return np.zeros(len(self.variables))
 
-    def tighten(self) -> bool:
+    def tighten(self) -> None:
         """As `Highspy.tighten`, through the options of the next solve."""
-        if self.tight:
-            return False
         self.options["primal_feasibility_tolerance"] = TIGHT_FEASIBILITY
-        self.tight = True
-        return True
 
     def add_rows(self, rows: Rows) -> None:  # noqa: ARG002 - the rows are in the program already
         """Add the program's new rows to the Pyomo model (appsi picks them up at the next solve)."""

@@ -206,9 +206,10 @@ def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: 
             break
         stalled = last_gaps is not None and np.allclose(gaps, last_gaps, rtol=_STALLED, atol=0.0)
         if stalled and (aggregated or form.lse == "tangent"):
-            if not engine.tighten():
+            if any("tightened" in h for h in history):  # tightened once already
                 out = {**out, "status": "stalled"}
                 break
+            engine.tighten()
             history[-1]["tightened"] = TIGHT_FEASIBILITY
             stalled = False
         aggregated, last_gaps = aggregated or stalled, gaps
