@@ -166,8 +166,8 @@ class ScoreConfig:
     scaling: Scaling = field(default="auto", metadata={
         "help": "scale the program HiGHS solves by powers of two (columns by the square root of their magnitude "
                 "bounds, rows by their largest entry; the same program, solutions mapped back): on, off, or auto "
-                "(where its largest coefficient or bound reaches 1e4, as under the whole network's interval bounds "
-                "at a deep full-width VGG block; highspy backend only)"})
+                "(where its largest coefficient or bound reaches 1e4 or it has 50,000 columns, as under the whole "
+                "network's interval bounds at the deep full-width VGG-16 blocks; highspy backend only)"})
 
     block_bounds: BlockBounds = field(default="network", metadata={
         "help": "decoupled scoring: the input box of each block's program: network (the whole network's interval "

@@ -10,7 +10,8 @@ from critneuron.config import ScoreConfig
 from critneuron.errors import ConfigError
 from critneuron.mip.highs import highs_with
 from critneuron.mip.program import Program, Rows
-from critneuron.mip.scaling import SCALE_FROM, column_magnitudes, decide
+from critneuron.mip import scaling
+from critneuron.mip.scaling import SCALE_FROM, SCALE_FROM_COLUMNS, column_magnitudes, decide
 from critneuron.mip.scores import score
 from critneuron.mip.solve import solve
 from test_engine import CASES, _formulation, _random_batch
@@ -95,6 +96,18 @@ def test_auto_scales_from_the_threshold_and_only_with_highspy() -> None:
         assert not decide(form.program, rows, ScoreConfig(backend="appsi")).applied
     with pytest.raises(ConfigError, match="scaling: 'on' needs the highspy backend"):
         ScoreConfig(scaling="on", backend="appsi")
+
+
+def test_auto_scales_a_program_with_many_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`auto` also scales a program of `SCALE_FROM_COLUMNS` columns whatever its magnitude (the
+    deep full-width VGG-16 blocks), here with the threshold lowered to fc3's column count."""
+    form, _ = _formulation("fc3", "relaxed")
+    rows = form.program.matrix()
+    assert form.program.n_cols < SCALE_FROM_COLUMNS and not decide(form.program, rows, ScoreConfig()).applied
+    monkeypatch.setattr(scaling, "SCALE_FROM_COLUMNS", form.program.n_cols)
+    auto = decide(form.program, rows, ScoreConfig())
+    assert auto.applied and auto.magnitude < SCALE_FROM
+    assert auto.record()["column_threshold"] == form.program.n_cols
 
 
 def test_provenance_records_scaling_algorithms_and_final_point() -> None:

@@ -14,7 +14,7 @@ R·sides, with every factor a power of two (exact in floating point):
 HiGHS drops matrix entries below `small_matrix_value` (default 1e-9), which a scaled row's small
 entries can be, so the scaled model is passed with `SMALL_MATRIX_VALUE`. Solutions and reduced
 costs come back as x = C·x' and d = d' / C; feasibility is checked on the unscaled rows
-(`violation`). `decide` applies it by the rule in `SCALE_FROM`.
+(`violation`). `decide` applies it by the rule of `SCALE_FROM` and `SCALE_FROM_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -28,11 +28,15 @@ from critneuron.config import ScoreConfig
 from critneuron.mip.program import Program, Rows
 
 # `scaling: auto` scales a program whose largest magnitude (matrix entry, finite column bound or
-# row side) reaches this. Full-width VGG-16 (1 decoupled epoch): the tail 5.2e7, where the
-# unscaled first LP runs past 420 s and the scaled one is optimal in ~40 s; block 7 4.96e2, where
-# scaling did not help IPX (benchmarks/README.md, issue 22). The small nets and the ×1/16 blocks
-# stay below it and are solved as before.
+# row side) reaches `SCALE_FROM`, or which has `SCALE_FROM_COLUMNS` columns. Full-width VGG-16
+# (1 decoupled epoch, the authors' bounds): the tail (magnitude 5.2e7, 62,677 columns), where the
+# unscaled first LP runs past 420 s and the scaled one is optimal in ~40 s; blocks 7-12 (magnitude
+# ~5e2, 95,621-249,046 columns), where the unscaled first LP's clean-up simplex after crossover runs
+# past 30 min and scaled block 7 is optimal in 25 min (crossover 5,975 and simplex 126 iterations
+# against 5,121 and 47,118+). Blocks 1-6 (at most 27,081 columns, magnitude <= 96) are faster
+# unscaled and stay so, as do the small nets and the ×1/16 blocks (benchmarks/README.md, issue 22).
 SCALE_FROM = 1e4
+SCALE_FROM_COLUMNS = 50_000
 SMALL_MATRIX_VALUE = 1e-12  # HiGHS's smallest allowed; no entry of a scaled program is below it
 _PASSES = 6  # rounds of implied magnitudes (a definition row may use another definition's column)
 _MIN_MAGNITUDE = 1e-3
@@ -85,7 +89,7 @@ class Scaling:
     def record(self) -> dict:
         """JSON-able summary for the solve report."""
         out = {"applied": self.applied, "rule": self.rule, "magnitude": self.magnitude, "threshold": SCALE_FROM,
-               **self.notes}
+               "column_threshold": SCALE_FROM_COLUMNS, **self.notes}
         if self.applied:
             out.update(small_matrix_value=SMALL_MATRIX_VALUE,
                        col_factors=[float(self.cols.min()), float(self.cols.max())])
@@ -101,10 +105,11 @@ def magnitude(program: Program, rows: Rows) -> float:
 
 def decide(program: Program, rows: Rows, cfg: ScoreConfig) -> Scaling:
     """The scaling of `program` (its stacked `rows`) under `cfg.scaling`: ``on``, ``off``, or
-    ``auto`` (applied from `SCALE_FROM` on; never with the appsi backend, which passes the
-    Pyomo model as it is)."""
+    ``auto`` (applied from a magnitude of `SCALE_FROM` or `SCALE_FROM_COLUMNS` columns on; never
+    with the appsi backend, which passes the Pyomo model as it is)."""
     big = magnitude(program, rows)
-    apply = cfg.scaling == "on" or (cfg.scaling == "auto" and cfg.backend == "highspy" and big >= SCALE_FROM)
+    large = big >= SCALE_FROM or program.n_cols >= SCALE_FROM_COLUMNS
+    apply = cfg.scaling == "on" or (cfg.scaling == "auto" and cfg.backend == "highspy" and large)
     if not apply:
         return Scaling(np.ones(program.n_cols), False, cfg.scaling, big)
     cols = np.exp2(np.round(0.5 * np.log2(np.maximum(column_magnitudes(program, rows), _MIN_MAGNITUDE))))
