@@ -8,9 +8,9 @@ import torch
 
 from critneuron.config import ScoreConfig
 from critneuron.errors import ConfigError
+from critneuron.mip import scaling
 from critneuron.mip.highs import highs_with
 from critneuron.mip.program import Program, Rows
-from critneuron.mip import scaling
 from critneuron.mip.scaling import SCALE_FROM, SCALE_FROM_COLUMNS, column_magnitudes, decide
 from critneuron.mip.scores import score
 from critneuron.mip.solve import solve
