@@ -4,6 +4,7 @@ parallel = serial) and the cached end-to-end run."""
 from __future__ import annotations
 
 import dataclasses
+import socket
 from collections import OrderedDict
 
 import numpy as np
@@ -17,7 +18,9 @@ from critneuron.mip.bounds import forward, interval_bounds, module_bounds
 from critneuron.config import DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, paper_train_config
 from critneuron.errors import ConfigError, SolveError, UnsupportedLayerError
 from critneuron.nets.data import load_split
-from critneuron.experiments.decoupled import block_bounds_comparison, block_executor, decoupled_network, decoupled_run
+from critneuron.experiments.decoupled import (
+    block_bounds_comparison, block_executor, decoupled_mip_scores, decoupled_network, decoupled_run,
+)
 from critneuron.experiments.rows import table_row
 from critneuron.pruning.masks import Masks
 from critneuron.nets.models import build_model
@@ -222,7 +225,8 @@ def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_p
 
     def tail_fails(model, x, y, score_cfg, *args):  # the tail's solve ends without a point (as a time-out would)
         if "fc2" in dict(model.named_children()):
-            raise SolveError("HiGHS ended with status maxTimeLimit and no feasible solution", {"rounds": 0})
+            raise SolveError("HiGHS ended with status maxTimeLimit and no feasible solution",
+                             {"solver_status": "maxTimeLimit", "rounds": 0})
         return real_score(model, x, y, score_cfg, *args)
 
     monkeypatch.setattr(blocks, "score", tail_fails)
@@ -233,6 +237,13 @@ def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_p
     flat = table_row(row)
     assert flat["unused_mips"] == 1 and flat["status"] == "failed" and flat["solve_s"] == row["blocks"][0]["solve_s"]
     assert flat["block_bounds"] == "network"
+
+    monkeypatch.setattr(blocks, "score", real_score)  # the failure is stored: this host does not solve it again
+    assert len(store.ls("score")) == 6 and decoupled_run(cut, store)["blocks"][1]["status"] == "failed"
+    with pytest.raises(SolveError, match="tail: HiGHS ended with status maxTimeLimit"):
+        decoupled_mip_scores(net, cut, store, "decoupled")
+    monkeypatch.setattr(socket, "gethostname", lambda: "elsewhere")  # another machine solves it again
+    assert [b["status"] for b in decoupled_run(cut, store)["blocks"]] == ["optimal", "optimal"]
 
 
 @pytest.mark.parametrize("name, width", [("lenet5", 1.0), ("vgg16", 1 / 16)])

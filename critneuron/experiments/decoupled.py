@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import socket
 import time
 from concurrent.futures import Executor
 from contextlib import contextmanager
@@ -159,7 +160,9 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
     killed run resumes), combined (`mip.blocks.combine`: only usable blocks add scores). A block
     without a solution raises `SolveError` (after the others are stored), or with `keep_failed`
     stays in the blocks' rows as status "failed" (its error, sizes, time and memory;
-    `mip.blocks.failure_row`) with no scores. Each block's input box follows
+    `mip.blocks.failure_row`) with no scores. A block whose solve ran out of its limits is stored
+    as that failure (`{"failed": row}`), reused like a time-limited score: only on the host that
+    stored it (`_reusable_block`), so a rerun there does not solve it again. Each block's input box follows
     `cfg.score.block_bounds` (part of its store key).
 
     `batches`: one (x, y, indices) per block; default `mip.blocks.block_batches` (each block's
@@ -184,23 +187,39 @@ def decoupled_mip_scores(net: Decoupled, cfg: RunConfig, store: Store, training:
     keys = {name: store.key("score", config, **inputs) for name, (config, inputs) in entries.items()}
     code = BLOCK_SCORE_CODE[training]
     todo = [p for p in problems if not store.is_fresh("score", keys[p.name], code)
-            or not reusable_here(store.read("score", keys[p.name]))]
+            or not _reusable_block(store.read("score", keys[p.name]))]
 
-    def save(problem, scores: Scores) -> None:
+    def save(problem, result: dict) -> None:
         config, inputs = entries[problem.name]
-        store.write("score", keys[problem.name], config, scores.to_dict(), inputs=inputs, code=code, replace=True)
+        store.write("score", keys[problem.name], config, result, inputs=inputs, code=code, replace=True)
 
     failed: dict[str, dict] = {}
     if todo:
         try:
             with block_executor(scheduler, workers) as executor:
-                solve_blocks(todo, cfg.score, executor, progress=progress, done=save)
+                solve_blocks(todo, cfg.score, executor, progress=progress, done=lambda p, s: save(p, s.to_dict()))
         except SolveError as err:
-            if not keep_failed:
-                raise
             failed = {row["block"]: row for row in err.details.get("failed", [])}
-    return combine([failed.get(p.name) or Scores.from_dict(store.read("score", keys[p.name])["result"])
-                    for p in problems], training)
+            for problem in todo:  # stored when the solver ran out of its limits (not when a worker was lost)
+                if failed.get(problem.name, {}).get("solver_status") is not None:
+                    save(problem, {"failed": failed[problem.name]})
+    outcomes = [failed.get(p.name) or _stored_block(store.read("score", keys[p.name])["result"]) for p in problems]
+    failures = [o for o in outcomes if isinstance(o, dict)]
+    if failures and not keep_failed:
+        raise SolveError("sub-MIPs failed: " + "; ".join(f"{r['block']}: {r['error']}" for r in failures),
+                         {"failed": failures})
+    return combine(outcomes, training)
+
+
+def _reusable_block(run: dict) -> bool:
+    """`reusable_here` for a stored block: a stored failure (its solve ran out of the time or memory
+    it had) depends on the machine too, so only the host that stored it reuses it."""
+    return reusable_here(run) and ("failed" not in run["result"] or run["meta"].get("host") == socket.gethostname())
+
+
+def _stored_block(result: dict) -> Scores | dict:
+    """A stored block's scores, or its `mip.blocks.failure_row` when its solve found no point."""
+    return result["failed"] if "failed" in result else Scores.from_dict(result)
 
 
 def decoupled_run(cfg: RunConfig, store: Store | None = None, training: str = "decoupled", workers: int = 1,
