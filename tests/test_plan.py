@@ -15,6 +15,7 @@ from critneuron.experiments.store import Store
 from critneuron.machinery import chapters, reporting
 from critneuron.machinery.book import load_profile
 from critneuron.machinery.bookplan import book_plan, format_plan
+from critneuron.machinery.plan import totals
 from critneuron.machinery.rates import Rates
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +42,7 @@ def test_a_training_is_missing_then_fresh_then_stale(tmp_path: Path, shared_data
     run, _score = chapters.formulation_run(**load_profile("smoke", NOTEBOOKS).parameters["01_formulation"])
     trained_model(run, store)
     fresh = _train_stage(store)
-    assert fresh.status == "fresh" and fresh.counted == 0.0
+    assert fresh.status == "fresh" and fresh.counted == 0.0 and fresh.whole == fresh.estimate.seconds > 0
 
     meta = next((tmp_path / "train").iterdir()) / "meta.json"
     record = json.loads(meta.read_text())
@@ -62,6 +63,9 @@ def test_solves_of_every_build_and_the_plan_text(tmp_path: Path, shared_data_roo
     text = format_plan(stages)
     assert text.startswith("01_formulation: 0 fresh, 0 stale, 1 missing, 2 every build")
     assert text.splitlines()[-1].startswith("total to compute: 0.")
+    whole = sum(s.estimate.seconds for s in stages)  # nothing stored: from nothing is all of it
+    assert totals(stages)["01_formulation"]["whole_seconds"] == pytest.approx(whole)
+    assert text.splitlines()[-1].endswith(f"from nothing: {whole / 3600:.2f} h")
 
 
 def test_rates_fall_back_by_training_kind_then_width_then_none() -> None:

@@ -151,14 +151,15 @@ def _hours(seconds: float | None) -> str:
 
 
 def format_plan(stages: list[Stage]) -> str:
-    """Per chapter: a line of counts and CPU-hours to compute, then its stages that are not
-    fresh; last the book's total."""
+    """Per chapter: a line of counts and CPU-hours to compute (and to compute it from nothing),
+    then its stages that are not fresh; last the book's totals."""
     lines = []
     by_chapter = totals(stages)
     for chapter, total in by_chapter.items():
         lines.append(f"{chapter}: " + ", ".join(f"{total[k]} {k}" for k in STATUSES)
                      + f"; to compute: {_hours(total['seconds'])} CPU"
-                     + (f" + {total['no_rate']} stage(s) with no rate" if total["no_rate"] else ""))
+                     + (f" + {total['no_rate']} stage(s) with no rate" if total["no_rate"] else "")
+                     + f" (from nothing: {_hours(total['whole_seconds'])})")
         for s in stages:
             if s.chapter == chapter and s.status != "fresh":
                 cost = f"in {s.first}" if s.first else f"{_hours(s.estimate.seconds)} ({s.estimate.basis})"
@@ -166,6 +167,7 @@ def format_plan(stages: list[Stage]) -> str:
                 lines.append(f"  {s.status:<11} {s.kind:<11} {s.what}{size}  {cost}")
     seconds = sum(t["seconds"] for t in by_chapter.values())
     unknown = sum(t["no_rate"] for t in by_chapter.values())
+    whole = sum(t["whole_seconds"] for t in by_chapter.values())
     lines.append(f"total to compute: {_hours(seconds)} CPU (one core per stage)"
-                 + (f" + {unknown} stage(s) with no rate" if unknown else ""))
+                 + (f" + {unknown} stage(s) with no rate" if unknown else "") + f"; from nothing: {_hours(whole)}")
     return "\n".join(lines)

@@ -56,7 +56,12 @@ class Stage:
     @property
     def counted(self) -> float | None:
         """CPU seconds this stage adds to its chapter's total (0 if fresh or counted elsewhere)."""
-        return 0.0 if self.status in ("fresh", "reused") or self.first else self.estimate.seconds
+        return 0.0 if self.status in ("fresh", "reused") else self.whole
+
+    @property
+    def whole(self) -> float | None:
+        """CPU seconds this stage costs its chapter computed from nothing (0 if counted elsewhere)."""
+        return 0.0 if self.first else self.estimate.seconds
 
 
 class StoreIndex:
@@ -239,11 +244,14 @@ def _name(cfg: RunConfig) -> str:
 
 
 def totals(stages: Iterable[Stage]) -> dict[str, dict[str, Any]]:
-    """Per chapter: stages by status, CPU seconds of what is not fresh, stages with no rate."""
+    """Per chapter: stages by status, CPU seconds of what is not fresh and of every stage (the
+    chapter computed from nothing, `whole_seconds`), stages with no rate."""
     out: dict[str, dict[str, Any]] = {}
     for s in stages:
-        row = out.setdefault(s.chapter, {**{k: 0 for k in STATUSES}, "seconds": 0.0, "no_rate": 0})
+        row = out.setdefault(s.chapter, {**{k: 0 for k in STATUSES}, "seconds": 0.0, "whole_seconds": 0.0,
+                                         "no_rate": 0})
         row[s.status] += 1
+        row["whole_seconds"] += s.whole or 0.0
         if s.counted is None:
             row["no_rate"] += 1
         else:
