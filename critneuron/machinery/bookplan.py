@@ -109,8 +109,13 @@ def _transfer(p: Planner, chapter: str, params: dict) -> None:
 
 
 def _sensitivity(p: Planner, chapter: str, params: dict) -> None:
-    for sweep in chapters.sensitivity_sweeps(**params).values():
+    sweeps = chapters.sensitivity_sweeps(**params)
+    for sweep in sweeps.values():
         _prune_rows(p, chapter, sweep)
+    for cfg in chapters.sequential_configs(sweeps):
+        metrics, fresh = p.train(chapter, cfg)
+        _inputs, status = p.score(chapter, cfg, metrics, fresh)
+        p.per_class(chapter, cfg, metrics, fresh and status == "fresh")
 
 
 CHAPTERS: dict[str, Callable[[Planner, str, dict], None]] = {

@@ -16,6 +16,7 @@ from critneuron.config import (
 from critneuron.errors import ConfigError
 from critneuron.experiments.transfer import source_config
 from critneuron.experiments.whole import prune_sweep
+from critneuron.machinery.sweepfile import expand, parse_sweep
 
 
 def formulation_run(model: str, dataset: str, epochs: int | None, data_root: str | None, subset: int | None,
@@ -131,3 +132,11 @@ def sweep_file(sweep: dict[str, Any]) -> dict[str, Any]:
     """A chapter sweep (`pruning_sweep`, `sensitivity_sweeps`) as a parsed sweep file of `prune_task` runs."""
     return prune_sweep(sweep["base"], sweep.get("grid"), sweep.get("items"))
 
+
+
+def sequential_configs(sweeps: dict[str, dict[str, Any]]) -> list[RunConfig]:
+    """Chapter 05's sequential-against-parallel runs (`experiments.sequential`, PAPER_SPEC §8.2):
+    the τ sweep's runs at the paper's τ, one per seed (their parallel program is the τ sweep's)."""
+    sweep = sweeps["threshold"]
+    single = {"base": sweep["base"], "grid": {k: v for k, v in sweep["grid"].items() if k != "prune.threshold"}}
+    return [from_dict(RunConfig, config) for config in expand(parse_sweep(sweep_file(single)))]

@@ -1,7 +1,7 @@
 """What a book build needs before it runs (`critneuron book --profile NAME --plan`).
 
 Per chapter, every stored stage its notebook needs (trainings with epochs and images, scores,
-block scores, heads, retrainings, pruning rows, budget sweeps), built from the profile by the
+block scores, heads, retrainings, pruning rows, budget sweeps, per-class programs), built from the profile by the
 functions of `machinery.chapters` and keyed as `experiments` keys them; whether the result
 store holds each one **fresh** (complete, computed by today's code), **stale** (complete, but
 its code changed, or a stage it builds on will be recomputed) or **missing**; and the CPU time
@@ -169,6 +169,18 @@ class Planner:
                      kind="block score", what=f"{_name(cfg)} seed {cfg.train.seed} {name}" + (" (whole's batch)"
                      if inputs else ""), status=statuses[-1], estimate=estimate)
         return all(s == "fresh" for s in statuses)
+
+    def per_class(self, chapter: str, cfg: RunConfig, metrics: dict | None, fresh: bool) -> None:
+        """The per-class programs of a run's MIP batch (`experiments.sequential`): one score of
+        one image per image of the batch."""
+        weights = metrics["weights_hash"] if metrics else None
+        one = to_dict(dataclasses.replace(cfg.score, batch_size=1))
+        found = self.index.matches("score", one, weights=weights) if weights else []
+        each = self.rates.solve_seconds(cfg.model.name, cfg.model.width, "whole", cfg.score.mode, cfg.score.time_limit)
+        seconds = None if each.seconds is None else cfg.score.batch_size * each.seconds
+        self.add(chapter, ("per class", canonical_json(one), weights or _name(cfg), cfg.train.seed), kind="per-class",
+                 what=f"{_name(cfg)} seed {cfg.train.seed}: {cfg.score.batch_size} programs of one image",
+                 status=_status(found, fresh, cfg.score.batch_size), estimate=Estimate(seconds, each.basis))
 
     def block_names(self, cfg: RunConfig) -> list[str]:
         """The names of the sub-MIPs of `cfg`'s model split into blocks."""

@@ -96,7 +96,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "neurons": ("Units", "count"), "pct_pruned": ("Pruned %", "percent"), "agreement": ("Agreement %", "fraction"),
     "jaccard": ("Jaccard index", "number"), "method": ("Method", "text"), "source": ("Source", "text"),
     "target": ("Target B", "text"), "variant": ("Mask", "text"), "at_init": ("At init", "text"),
-    "block": ("Block", "text"), "layers": ("Layers", "text"),
+    "block": ("Block", "text"), "layers": ("Layers", "text"), "program": ("Program", "text"),
     "params_compact": ("Parameters after compaction", "count"), "flops_compact": ("FLOPs after compaction", "count"),
     "units": ("Units", "count"), "pruned": ("Pruned", "count"), "kept": ("Kept", "count"),
     "variables": ("Variables", "count"), "binaries": ("Binaries", "count"), "constraints": ("Constraints", "count"),
