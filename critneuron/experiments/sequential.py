@@ -11,6 +11,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from torch import nn
 
 from critneuron.config import RunConfig, to_dict
 from critneuron.experiments.runs import SCORE_CODE, mip_scores, reusable_here, score_inputs, trained_model
@@ -21,7 +22,7 @@ from critneuron.nets.train import evaluate
 from critneuron.pruning.masks import apply_masks, masks_from_scores, pruning_stats
 
 
-def per_class_scores(model, cfg: RunConfig, store: Store) -> list[tuple[int, Scores]]:
+def per_class_scores(model: nn.Sequential, cfg: RunConfig, store: Store) -> list[tuple[int, Scores]]:
     """(label, scores) of one program per image of `cfg`'s MIP batch (one per class under the
     paper's B = 10), each on that image alone; stored like any score (`score.batch_size` 1 in its
     key, the image's index among its inputs), so they are solved once."""

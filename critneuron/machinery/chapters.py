@@ -133,7 +133,6 @@ def sweep_file(sweep: dict[str, Any]) -> dict[str, Any]:
     return prune_sweep(sweep["base"], sweep.get("grid"), sweep.get("items"))
 
 
-
 def sequential_configs(sweeps: dict[str, dict[str, Any]]) -> list[RunConfig]:
     """Chapter 05's sequential-against-parallel runs (`experiments.sequential`, PAPER_SPEC §8.2):
     the τ sweep's runs at the paper's τ, one per seed (their parallel program is the τ sweep's)."""

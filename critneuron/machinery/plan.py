@@ -1,11 +1,12 @@
 """What a book build needs before it runs (`critneuron book --profile NAME --plan`).
 
 Per chapter, every stored stage its notebook needs (trainings with epochs and images, scores,
-block scores, heads, retrainings, pruning rows, budget sweeps, per-class programs), built from the profile by the
-functions of `machinery.chapters` and keyed as `experiments` keys them; whether the result
-store holds each one **fresh** (complete, computed by today's code), **stale** (complete, but
-its code changed, or a stage it builds on will be recomputed) or **missing**; and the CPU time
-of what is not fresh, from the measured rates of `machinery.rates`. Work a notebook redoes at
+block scores, heads, retrainings, pruning rows, budget sweeps, per-class programs), built from
+the profile by the functions of `machinery.chapters` and keyed as `experiments` keys them;
+whether the result store holds each one **fresh** (complete, computed by today's code),
+**stale** (complete, but its code changed, or a stage it builds on will be recomputed) or
+**missing**; and the CPU time of what is not fresh (and of all of it: the chapter computed from
+nothing), from the measured rates of `machinery.rates`. Work a notebook redoes at
 every build (chapter 01's solves, chapter 03's evaluation and fine-tuning) is listed as
 "every build", or "reused" when the profile reuses that chapter's current executed copy
 (`machinery.reuse`). A stage several chapters share is counted in the first (where it is computed).
