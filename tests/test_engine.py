@@ -356,6 +356,26 @@ def test_an_lp_highs_loses_is_solved_afresh_by_interior_point(monkeypatch):
                                                                              abs=objective_tolerance(cfg, reference))
 
 
+def test_a_hot_re_solve_past_its_iteration_limit_is_solved_afresh(monkeypatch):
+    """A hot-started re-solve that runs past `Highspy.hot_limit` simplex iterations (a dual simplex
+    cycling at a degenerate vertex; seen on a VGG-16 ×1/16 block) is solved afresh with the first
+    LP's algorithm, the history says so, and the scoring ends optimal at the same objective. With
+    the real limit nothing is restarted."""
+    import critneuron.mip.engines as engines
+
+    form, cfg = _formulation("fc3", "relaxed", final_point="vertex")
+    reference = solve(form, cfg)
+    assert len(reference.history) > 1 and not any("restarted" in h for h in reference.history)
+    monkeypatch.setattr(engines.Highspy, "hot_limit", lambda self: 1)
+    form, cfg = _formulation("fc3", "relaxed", final_point="vertex")
+    report = solve(form, cfg)
+    restarted = [h for h in report.history if h.get("restarted") == "iteration limit"]
+    assert restarted and all(h["algorithm"] == report.history[0]["algorithm"] for h in restarted)
+    assert all(h["iterations"]["simplex"] > 1 for h in restarted)  # the limited run and the solve afresh
+    assert report.status == "optimal" and report.objective == pytest.approx(
+        reference.objective, abs=objective_tolerance(cfg, reference.objective))
+
+
 def test_a_layer_input_made_columns_keeps_the_optimum_with_fewer_nonzeros(monkeypatch):
     """Pooled unstable units feeding a Linear: the pool's outputs become columns (the Linear's
     rows then list each once instead of repeating every weight per pooled unit), and the program

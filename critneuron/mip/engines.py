@@ -24,6 +24,8 @@ from critneuron.mip.scaling import Scaling
 STOPPED_WITH_POINT = {"optimal", "maxTimeLimit", "maxIterations", "objectiveLimit", "interrupted"}
 # HiGHS's primal feasibility tolerance once a Kelley loop stalls (`Highspy.tighten`); its default is 1e-7.
 TIGHT_FEASIBILITY = 1e-9
+# The least simplex iterations a hot-started re-solve may take before it is solved afresh (`Highspy.hot_limit`).
+HOT_ITERATIONS = 10_000
 
 
 class Highspy:
@@ -44,6 +46,8 @@ class Highspy:
                             options=options(cfg, mip_rel_gap=cfg.mip_gap, **scaling.options()))
         del scaled
         self.integer = np.flatnonzero(prog.integer).astype(np.int32)
+        self.no_limit = self.h.getOptionValue("simplex_iteration_limit")[1]
+        self.first_lp: dict | None = None  # the first LP run's algorithm and iterations: the hot re-solves' yardstick
         self.handover_seconds = time.perf_counter() - start
 
     def set_integer(self, integer: bool) -> None:
@@ -84,7 +88,9 @@ class Highspy:
         self.handover_seconds += time.perf_counter() - start
 
     def run(self, remaining: float, point: np.ndarray | None, integer: bool, algorithm: str) -> dict:
-        """One HiGHS run (from `point` as a MIP start, if given); loads the point it found."""
+        """One HiGHS run (from `point` as a MIP start, if given); loads the point it found. An LP
+        re-solve without a point hot-starts from the basis; one that runs past `hot_limit` or loses
+        its way is solved afresh, and the result says so (`restarted`)."""
         start = time.perf_counter()
         h = self.h
         h.setOptionValue("time_limit", highs_time_limit(h, remaining))
@@ -94,18 +100,24 @@ class Highspy:
             sol.col_value = self.scaling.to_solver(point)
             sol.value_valid = True
             h.setSolution(sol)
+        hot = not integer and point is None and self.first_lp is not None
+        h.setOptionValue("simplex_iteration_limit", self.hot_limit() if hot else self.no_limit)
         ran = time.perf_counter()
         h.run()
-        counts = iterations(h)
+        counts, restarted = iterations(h), None
+        if hot and h.getModelStatus() == highspy.HighsModelStatus.kIterationLimit:
+            # A hot-started dual simplex can cycle at a degenerate vertex once cuts are added
+            # (VGG-16 ×1/16 block 7: 400,000 iterations at one objective, where the first LP took
+            # 33,117 and a solve afresh 51,173): past what a solve afresh costs, solve afresh.
+            algorithm, restarted = self.first_lp["algorithm"], "iteration limit"
+            counts = self._afresh(remaining - (time.perf_counter() - ran), algorithm, counts)
         if not integer and h.getModelStatus() in LOST:
             # A hot-started simplex can lose its way on large, badly scaled LPs (status Unknown):
             # drop the basis and solve the LP afresh by interior point (with crossover).
-            h.clearSolver()
-            h.setOptionValue("time_limit", highs_time_limit(h, remaining - (time.perf_counter() - ran)))
-            algorithm = IPX
-            h.setOptionValue("solver", algorithm)
-            h.run()
-            counts = {k: counts[k] + v for k, v in iterations(h).items()}
+            algorithm, restarted = IPX, "lost"
+            counts = self._afresh(remaining - (time.perf_counter() - ran), algorithm, counts)
+        if not integer and self.first_lp is None:
+            self.first_lp = {"algorithm": algorithm, "iterations": sum(counts.values())}
         inside = time.perf_counter() - ran
         self.highs_seconds += inside
         status = status_name(h)
@@ -120,7 +132,23 @@ class Highspy:
             self.form.values = self.scaling.from_solver(np.asarray(h.getSolution().col_value))
         self.handover_seconds += time.perf_counter() - start - inside
         return {"status": status, "feasible": feasible, "bound": bound, "algorithm": algorithm,
-                "iterations": counts}
+                "iterations": counts, **({"restarted": restarted} if restarted else {})}
+
+    def hot_limit(self) -> int:
+        """Simplex iterations a hot-started LP re-solve may take: as many as the first LP took
+        (at least `HOT_ITERATIONS`). No shipped re-solve took more than 1.05 times that."""
+        return max(HOT_ITERATIONS, self.first_lp["iterations"])
+
+    def _afresh(self, remaining: float, algorithm: str, counts: dict[str, int]) -> dict[str, int]:
+        """Drop the basis and solve again with `algorithm` and no iteration limit; the iterations
+        of both runs."""
+        h = self.h
+        h.clearSolver()
+        h.setOptionValue("time_limit", highs_time_limit(h, remaining))
+        h.setOptionValue("simplex_iteration_limit", self.no_limit)
+        h.setOptionValue("solver", algorithm)
+        h.run()
+        return {k: counts[k] + v for k, v in iterations(h).items()}
 
 
 class Appsi:

@@ -41,7 +41,8 @@ class SolveReport:
     `SolveError` with final_point "none" in its details. `interior`: what became of the interior
     re-solve: "accepted", "rejected (...)", "skipped (status ...)" when the Kelley loop did not end
     optimal, or "not requested". `rounds` counts Kelley rounds; each `history` entry names the
-    HiGHS algorithm asked for (`algorithm`) and the iterations each one ran. `scaling`: whether
+    HiGHS algorithm asked for (`algorithm`) and the iterations each one ran, and `restarted` where
+    a hot re-solve was solved afresh (`engines.Highspy.run`). `scaling`: whether
     the program was scaled, by which rule (`scaling.Scaling.record`); `row_violation`: the
     largest violation of the unscaled rows and bounds at the returned point.
     """
@@ -198,7 +199,8 @@ def _kelley(engine, form: Formulation, cfg: ScoreConfig, start: float, history: 
         lse_gap = float(np.max(gaps))
         history.append({"round": len(history) + 1, "phase": phase, "objective": out["objective"],
                         "lse_gap": lse_gap, "seconds": time.perf_counter() - start, "status": out["status"],
-                        "algorithm": out.get("algorithm"), "iterations": out.get("iterations")})
+                        "algorithm": out.get("algorithm"), "iterations": out.get("iterations"),
+                        **({"restarted": out["restarted"]} if "restarted" in out else {})})
         if lse_gap <= cfg.kelley_tol or out["status"] != "optimal":
             break
         if time.perf_counter() - start >= cfg.time_limit:  # cut short: t is still below the LSE
