@@ -68,6 +68,15 @@ def test_solves_of_every_build_and_the_plan_text(tmp_path: Path, shared_data_roo
     assert text.splitlines()[-1].endswith(f"from nothing: {whole / 3600:.2f} h")
 
 
+def test_every_stage_of_a_chapter_has_its_own_label(tmp_path: Path, shared_data_root: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRITNEURON_DATA", str(shared_data_root))
+    stages = book_plan("smoke", NOTEBOOKS, rates=RATES, store=Store(tmp_path), only=["03"])
+    labels = [(s.kind, s.what) for s in stages]
+    assert len(labels) == len(set(labels))
+    assert ("block score", "lenet5 mnist seed 0 block1 (block_bounds local)") in labels
+
+
 def test_rates_fall_back_by_training_kind_then_width_then_none() -> None:
     rates = Rates(training={"vgg16|0.0625|augment|decoupled": {"train_s_per_image": 2e-3, "eval_s_per_image": 1e-4},
                             "lenet5|1|plain|end-to-end": {"train_s_per_image": 3e-4, "eval_s_per_image": 2e-5}},

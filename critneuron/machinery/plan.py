@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from critneuron.catalog import dataset_record, model_record
-from critneuron.config import DataConfig, ModelConfig, RunConfig, TrainConfig, canonical_json, to_dict
+from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, TrainConfig, canonical_json, to_dict
 from critneuron.experiments import runfiles
 from critneuron.experiments.decoupled import DECOUPLED_TRAIN_CODE, HEADS_CODE, block_score_config
 from critneuron.experiments.fingerprint import is_current
@@ -168,7 +168,7 @@ class Planner:
             self.add(chapter, ("block", canonical_json(config), weights or _name(cfg), cfg.train.seed,
                                json.dumps(inputs, sort_keys=True)),
                      kind="block score", what=f"{_name(cfg)} seed {cfg.train.seed} {name}" + (" (whole's batch)"
-                     if inputs else ""), status=statuses[-1], estimate=estimate)
+                     if inputs else "") + _box_rule(cfg.score), status=statuses[-1], estimate=estimate)
         return all(s == "fresh" for s in statuses)
 
     def per_class(self, chapter: str, cfg: RunConfig, metrics: dict | None, fresh: bool) -> None:
@@ -254,6 +254,12 @@ def _official_size(dataset: str, root: str | None, train: bool) -> int:
 def _name(cfg: RunConfig) -> str:
     width = f" ×{cfg.model.width:g}" if cfg.model.width != 1 else ""
     return f"{cfg.model.name}{width} {cfg.data.dataset}"
+
+
+def _box_rule(score: ScoreConfig) -> str:
+    """The block input-box rule, named where it is not the default (the authors')."""
+    default = ScoreConfig().block_bounds
+    return "" if score.block_bounds == default else f" (block_bounds {score.block_bounds})"
 
 
 def totals(stages: Iterable[Stage]) -> dict[str, dict[str, Any]]:
