@@ -87,8 +87,9 @@ def test_raw_frames_and_figures_without_caption_are_found() -> None:
 
 def test_values_are_written_with_units_and_mean_std_over_seeds() -> None:
     assert [reporting.format_value(v, k) for v, k in [(0.97134, "fraction"), (12345, "count"), (3.14159, "seconds"),
-                                                      (1234.6, "seconds"), (1.98e-5, "sci"), ("fc3", "text")]] == \
-        ["97.1", "12,345", "3.1", "1,235", "2.0e-05", "FC-3"]
+                                                      (1234.6, "seconds"), (1.98e-5, "sci"), ("fc3", "name"),
+                                                      ("fc3", "text")]] == \
+        ["97.1", "12,345", "3.1", "1,235", "2.0e-05", "FC-3", "fc3"]  # a layer named fc3 keeps its name
     runs = pd.DataFrame({"model": ["fc3", "fc3", "lenet5"], "dataset": ["mnist"] * 3, "seed": [0, 1, 0],
                          "ref_test_acc": [0.98, 0.96, 0.99], "pruned_test_acc": [0.97, 0.95, 0.9],
                          "status": ["optimal"] * 3})
@@ -96,6 +97,14 @@ def test_values_are_written_with_units_and_mean_std_over_seeds() -> None:
     assert table.to_dict("records") == [
         {"Dataset": "MNIST", "Model": "FC-3", "Ref. test acc %": "97.0 ± 1.4", "Masked test acc %": "96.0 ± 1.4"},
         {"Dataset": "MNIST", "Model": "LeNet-5", "Ref. test acc %": "99.0", "Masked test acc %": "90.0"}]
+
+
+def test_curves_over_seeds_have_one_point_per_setting() -> None:
+    runs = pd.DataFrame({"tau": [0.2, 0.1, 0.2, 0.1, 0.3], "acc": [0.8, 0.9, 0.6, 0.9, 0.5]})
+    curves = reporting.over_seeds(runs, "tau", ["acc"])
+    assert curves["tau"].tolist() == [0.1, 0.2, 0.3]
+    assert curves["acc"].tolist() == pytest.approx([0.9, 0.7, 0.5])
+    assert curves["acc_std"].tolist() == pytest.approx([0.0, 0.1414, 0.0], abs=1e-4)
 
 
 def test_a_non_optimal_status_is_shown_and_highlighted() -> None:

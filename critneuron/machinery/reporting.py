@@ -52,6 +52,16 @@ def mean_std(table: pd.DataFrame, by: Sequence[str], columns: Sequence[str], dig
                          for c in columns})
 
 
+def over_seeds(table: pd.DataFrame, by: str, columns: Sequence[str]) -> pd.DataFrame:
+    """Per value of `by` (sorted): the mean of each of `columns` over its runs, and their standard
+    deviation as `<column>_std` (0 for a single run); for curves with error bars."""
+    stats = table.groupby(by)[list(columns)].agg(["mean", "std"])
+    out = pd.DataFrame({c: stats[(c, "mean")] for c in columns})
+    for c in columns:
+        out[f"{c}_std"] = stats[(c, "std")].fillna(0)
+    return out.reset_index()
+
+
 def accuracy_frame(table: pd.DataFrame, y: str = "run", columns: Sequence[str] = ACCURACY_COLUMNS) -> pd.DataFrame:
     """Long frame (`y`, network, test accuracy) of a run table's accuracy columns ('_test_acc' dropped)."""
     acc = table.melt(id_vars=[y], value_vars=present(table, columns), var_name="network",
@@ -65,7 +75,7 @@ def accuracy_bars(long: pd.DataFrame, y: str = "run", x: str = "test accuracy", 
     """Horizontal bars of accuracies in [0, 1], one group per `y` and one bar per `hue` (mean and CI over seeds)."""
     ax = sns.barplot(data=long, y=y, x=x, hue=hue, hue_order=hue_order, orient="h")
     ax.set_xlim(0, 1)
-    ax.legend(**{"loc": "lower left", "fontsize": 8, **legend})
+    ax.legend(**{"loc": "upper left", "bbox_to_anchor": (1.01, 1), "fontsize": 8, **legend})
     return ax
 
 
@@ -82,7 +92,7 @@ def score_frame(labels: Sequence[str], rows: Sequence[dict], seed: int) -> pd.Da
 # The book's one table style: each known column's header (the paper's names, PAPER_SPEC §10.3,
 # units in the header) and how its values are written (`FORMATS`).
 COLUMNS: dict[str, tuple[str, str]] = {
-    "dataset": ("Dataset", "text"), "model": ("Model", "text"), "width": ("Width", "number"),
+    "dataset": ("Dataset", "name"), "model": ("Model", "name"), "width": ("Width", "number"),
     "training": ("Training", "text"), "run": ("Run", "text"), "mode": ("Mode", "text"),
     "tau": ("τ", "number"), "lambda": ("λ", "number"), "B": ("B", "count"), "seed": ("Seed", "count"),
     "epochs": ("Epochs", "count"), "seeds": ("Seeds", "count"), "layer": ("Layer", "text"),
@@ -94,8 +104,8 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "unstable_units": ("Unstable units", "count"), "unstable": ("Unstable units", "count"),
     "on": ("Stable on", "count"), "off": ("Stable off", "count"), "epsilon": ("ε", "number"),
     "neurons": ("Units", "count"), "pct_pruned": ("Pruned %", "percent"), "agreement": ("Agreement %", "fraction"),
-    "jaccard": ("Jaccard index", "number"), "method": ("Method", "text"), "source": ("Source", "text"),
-    "target": ("Target B", "text"), "variant": ("Mask", "text"), "at_init": ("At init", "text"),
+    "jaccard": ("Jaccard index", "number"), "method": ("Method", "text"), "source": ("Source", "name"),
+    "target": ("Target B", "name"), "variant": ("Mask", "text"), "at_init": ("At init", "text"),
     "block": ("Block", "text"), "layers": ("Layers", "text"), "program": ("Program", "text"),
     "params_compact": ("Parameters after compaction", "count"), "flops_compact": ("FLOPs after compaction", "count"),
     "units": ("Units", "count"), "pruned": ("Pruned", "count"), "kept": ("Kept", "count"),
@@ -137,7 +147,8 @@ FORMATS = {
 
 
 def format_value(value: Any, kind: str) -> str:
-    """One value as the book writes it: `kind` is a `FORMATS` key (text, status: as is; missing: '–').
+    """One value as the book writes it: `kind` is a `FORMATS` key, or name (a dataset or model in the
+    paper's spelling, `NAMES`), or text and status (as is); missing: '–'.
 
     Example:
         >>> format_value(0.97134, "fraction"), format_value(12345, "count")
@@ -145,8 +156,10 @@ def format_value(value: Any, kind: str) -> str:
     """
     if value is None or (isinstance(value, float) and pd.isna(value)):
         return "–"
-    if kind not in FORMATS or isinstance(value, str):
+    if kind == "name":
         return NAMES.get(str(value), str(value))
+    if kind not in FORMATS or isinstance(value, str):
+        return str(value)
     return FORMATS[kind](float(value))
 
 
@@ -161,7 +174,7 @@ def _cell(values: pd.Series, kind: str) -> str:
     """A group's cell: the value of one run, or 'mean ± std' of several (the first non-optimal status)."""
     if kind == "status":
         return next((s for s in values if s != STATUS_OK), STATUS_OK)
-    if len(values) == 1 or kind in ("text",):
+    if len(values) == 1 or kind in ("text", "name"):
         return format_value(values.iloc[0], kind)
     return f"{format_value(values.mean(), kind)} ± {format_value(values.std(), kind)}"
 
