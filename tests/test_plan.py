@@ -15,8 +15,8 @@ from critneuron.experiments.store import Store
 from critneuron.machinery import chapters, reporting
 from critneuron.machinery.book import load_profile
 from critneuron.machinery.bookplan import book_plan, format_plan
-from critneuron.machinery.plan import totals
-from critneuron.machinery.rates import Rates
+from critneuron.machinery.plan import Stage, totals
+from critneuron.machinery.rates import Estimate, Rates
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -75,6 +75,14 @@ def test_every_stage_of_a_chapter_has_its_own_label(tmp_path: Path, shared_data_
     labels = [(s.kind, s.what) for s in stages]
     assert len(labels) == len(set(labels))
     assert ("block score", "lenet5 mnist seed 0 block1 (block_bounds local)") in labels
+
+
+def test_a_partly_stored_group_counts_only_what_is_left() -> None:
+    group = Stage("04", "retrain", "lenet5 mnist seed 0 → cifar10 ×4 masks (1 stored)", "missing",
+                  estimate=Estimate(4 * 900.0, "measured"), left=0.75)
+    assert (group.counted, group.whole) == (2700.0, 3600.0)
+    assert (totals([group])["04"]["seconds"], totals([group])["04"]["whole_seconds"]) == (2700.0, 3600.0)
+    assert format_plan([group]).splitlines()[1].endswith("(1 stored)  0.75 h (measured)")
 
 
 def test_rates_fall_back_by_training_kind_then_width_then_none() -> None:

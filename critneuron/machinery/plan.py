@@ -53,11 +53,14 @@ class Stage:
     images: int | None = None
     estimate: Estimate = Estimate(0.0, "")
     first: str | None = None  # the chapter that computes a shared stage (its cost is counted there)
+    left: float = 1.0  # the share of the stage still to compute (a group of retrainings partly stored)
 
     @property
     def counted(self) -> float | None:
         """CPU seconds this stage adds to its chapter's total (0 if fresh or counted elsewhere)."""
-        return 0.0 if self.status in ("fresh", "reused") else self.whole
+        if self.status in ("fresh", "reused"):
+            return 0.0
+        return None if self.whole is None else self.left * self.whole
 
     @property
     def whole(self) -> float | None:
@@ -213,10 +216,13 @@ class Planner:
         found = self.index.matches("retrain", config, init_weights=init)
         one, sizes = self.training_estimate(source.model, data, "end-to-end", train.epochs)
         seconds = None if one.seconds is None else MASKS_PER_TRANSFER * one.seconds
+        status = _status(found, upstream_fresh, MASKS_PER_TRANSFER)
+        stored = sum(1 for _inputs, ok in found if ok) if status == "missing" and upstream_fresh else 0
         self.add(chapter, ("retrain", canonical_json(config), init), kind="retrain",
-                 what=f"{_name(source)} seed {source.train.seed} → {data.dataset} ×{MASKS_PER_TRANSFER} masks",
-                 status=_status(found, upstream_fresh, MASKS_PER_TRANSFER), epochs=train.epochs,
-                 images=sizes["train"], estimate=Estimate(seconds, one.basis))
+                 what=f"{_name(source)} seed {source.train.seed} → {data.dataset} ×{MASKS_PER_TRANSFER} masks"
+                 + (f" ({stored} stored)" if stored else ""), status=status, epochs=train.epochs,
+                 images=sizes["train"], estimate=Estimate(seconds, one.basis),
+                 left=(MASKS_PER_TRANSFER - stored) / MASKS_PER_TRANSFER)
 
     def evaluation(self, chapter: str, cfg: RunConfig, kind: str, status: str, ident: tuple, label: str = "") -> None:
         """Pruning evaluation of one run (`experiments.whole.evaluate_masks`): accuracies of the
