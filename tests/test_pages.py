@@ -17,7 +17,7 @@ from critneuron.experiments.store import Store
 from critneuron.machinery import book, findings, pages, reporting, verdicts
 
 REPO = Path(__file__).resolve().parents[1]
-SHOWN = {"show", "styled", "glue_figure", "set_style"}  # reporting functions whose value the page may show
+SHOWN = {"show", "styled", "folded", "glue_figure", "set_style"}  # reporting functions whose value the page may show
 
 
 def _is_shown(node: ast.AST | None) -> bool:
@@ -105,6 +105,12 @@ def test_curves_over_seeds_have_one_point_per_setting() -> None:
     assert curves["tau"].tolist() == [0.1, 0.2, 0.3]
     assert curves["acc"].tolist() == pytest.approx([0.9, 0.7, 0.5])
     assert curves["acc_std"].tolist() == pytest.approx([0.0, 0.1414, 0.0], abs=1e-4)
+
+
+def test_a_folded_table_names_itself_and_its_rows() -> None:
+    html = reporting.folded(pd.DataFrame({"tau": [0.1, 0.2], "seed": [0, 1]}), "02_pruning__budget").data
+    assert html.startswith('<details class="critneuron-folded"><summary><strong>02_pruning__budget</strong> (2 rows)')
+    assert "critneuron-table" in html and html.endswith("</details>")
 
 
 def test_a_non_optimal_status_is_shown_and_highlighted() -> None:

@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-from IPython.display import Markdown
+from IPython.display import HTML, Markdown
 from myst_nb import glue
 from pandas.io.formats.style import Styler
 
@@ -220,6 +220,12 @@ def show(table: pd.DataFrame, columns: Sequence[str] | None = None, by: Sequence
         >>> show(runs, ["ref_test_acc", "pruned_test_acc"], by=["model", "dataset"])  # doctest: +SKIP
     """
     return styled(paper_table(table, list(table.columns) if columns is None else columns, by))
+
+
+def folded(table: pd.DataFrame, title: str) -> HTML:
+    """`show(table)` folded under one line naming it and its row count (a long appendix table)."""
+    return HTML(f"<details class=\"critneuron-folded\"><summary><strong>{title}</strong> ({len(table):,} rows)"
+                f"</summary>{show(table).to_html()}</details>")
 
 
 def set_style() -> None:
