@@ -222,10 +222,11 @@ def show(table: pd.DataFrame, columns: Sequence[str] | None = None, by: Sequence
     return styled(paper_table(table, list(table.columns) if columns is None else columns, by))
 
 
-def folded(table: pd.DataFrame, title: str) -> HTML:
-    """`show(table)` folded under one line naming it and its row count (a long appendix table)."""
+def folded(table: pd.DataFrame, title: str, columns: Sequence[str] | None = None) -> HTML:
+    """`show(table, columns)` folded under one line naming it and its row count (a long table that
+    backs a figure or a summary table)."""
     return HTML(f"<details class=\"critneuron-folded\"><summary><strong>{title}</strong> ({len(table):,} rows)"
-                f"</summary>{show(table).to_html()}</details>")
+                f"</summary>{show(table, columns).to_html()}</details>")
 
 
 def set_style() -> None:
