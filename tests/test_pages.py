@@ -182,6 +182,16 @@ def test_a_mask_that_does_not_transfer_is_named_with_every_number() -> None:
                          "the authors' SNIP 44.0 %."]
 
 
+def test_the_learning_rate_control_quotes_each_mask_at_each_rate() -> None:
+    rows = pd.DataFrame([{"model": "lenet5", "source": "mnist", "target": "cifar10", "seed": 1, "variant": v, "lr": lr,
+                          "test_accuracy": acc} for v, lr, acc in (("mip", 0.1, 0.1), ("random", 0.1, 0.3126),
+                                                                   ("mip", 0.01, 0.6), ("random", 0.01, 0.58))])
+    assert findings.lr_control(rows) == [
+        "Learning-rate control, LeNet-5: MNIST → CIFAR-10, seed 1: the MIP mask 10.0 % at lr 0.1, 60.0 % at lr 0.01; "
+        "the random mask 31.3 % at lr 0.1, 58.0 % at lr 0.01."]
+    assert findings.lr_control(pd.DataFrame([])) == []
+
+
 def test_provenance_line_says_whether_every_stored_result_read_is_fresh(tmp_path: Path) -> None:
     store = Store(tmp_path / "results")
     store.write("train", "fresh", {"a": 1}, {"x": 1}, code=Code(("critneuron.config",)))

@@ -71,10 +71,11 @@ def test_solves_of_every_build_and_the_plan_text(tmp_path: Path, shared_data_roo
 def test_every_stage_of_a_chapter_has_its_own_label(tmp_path: Path, shared_data_root: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRITNEURON_DATA", str(shared_data_root))
-    stages = book_plan("smoke", NOTEBOOKS, rates=RATES, store=Store(tmp_path), only=["03"])
-    labels = [(s.kind, s.what) for s in stages]
+    stages = book_plan("smoke", NOTEBOOKS, rates=RATES, store=Store(tmp_path), only=["03", "04"])
+    labels = [(s.chapter, s.kind, s.what) for s in stages]
     assert len(labels) == len(set(labels))
-    assert ("block score", "lenet5 mnist seed 0 block1 (block_bounds local)") in labels
+    assert ("03_decoupled", "block score", "lenet5 mnist seed 0 block1 (block_bounds local)") in labels
+    assert ("04_generalization", "retrain", "fc3 mnist seed 0 → fashion-mnist ×1 masks at lr 0.01 (lr control)") in labels
 
 
 def test_a_partly_stored_group_counts_only_what_is_left() -> None:

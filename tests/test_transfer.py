@@ -16,7 +16,8 @@ from critneuron.nets.models import build_model
 from critneuron.pruning.masks import masks_from_scores, pruning_stats
 from critneuron.experiments.store import Store
 from critneuron.catalog import model_record
-from critneuron.machinery import book
+from critneuron.errors import ConfigError
+from critneuron.machinery import book, chapters
 from critneuron.experiments.transfer import VARIANTS, at_init_rows, at_init_settings, at_init_source, transfer_plan, masked_weights_max, source_config, source_masks, \
     train_masked, transfer_rows
 
@@ -132,3 +133,16 @@ def test_paper_profile_resolves_to_the_papers_transfer_schedules() -> None:
     at_init = transfer_plan(at_init_source(base, 0, settings), settings["targets"], settings["epochs"], at_init=True)
     assert {t: (p["retrain"].optimizer, p["retrain"].epochs) for t, p in at_init.items()} == {
         "mnist": ("rmsprop", 20), "fashion-mnist": ("rmsprop", 20), "cifar10": ("sgd", 256)}
+
+
+def test_the_learning_rate_control_names_its_sources_and_rejects_bad_settings() -> None:
+    params = book.load_profile("paper", REPO / "notebooks").parameters["04_generalization"]
+    base = chapters.transfer_base(**params)
+    [(source, target)] = chapters.lr_control_sources(base, **params)
+    assert (source.model.name, source.data.dataset, source.train.seed, target) == ("lenet5", "mnist", 1, "cifar10")
+    assert transfer_plan(source, [target], params["epochs"])[target]["retrain"].lr == 0.1  # the control's other rate
+    assert chapters.lr_control_sources(base, **{**params, "lr_control": None}) == []
+    with pytest.raises(ConfigError, match="exactly the keys"):
+        chapters.lr_control_sources(base, **{**params, "lr_control": {"lr": 0.01, "pairs": []}})
+    with pytest.raises(ConfigError, match=r"\['reference'\]: not retrained masks"):
+        chapters.lr_control_sources(base, **{**params, "lr_control": {**params["lr_control"], "masks": ["reference"]}})

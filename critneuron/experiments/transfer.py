@@ -100,13 +100,17 @@ def _retrain(model_cfg: ModelConfig, init_state: State, masks: Masks | None, dat
 
 
 def retrained_accuracy(model_cfg: ModelConfig, init_state: State, masks: Masks | None, data: DataConfig,
-                       train_cfg: TrainConfig, store: Store, bias: Bias = "keep-bias") -> dict[str, Any]:
+                       train_cfg: TrainConfig, store: Store, bias: Bias = "keep-bias",
+                       control: str | None = None) -> dict[str, Any]:
     """Test accuracy and loss on `data` of `train_masked` (cached under kind "retrain"), its training
-    time and `masked_weights_max` after training."""
+    time and `masked_weights_max` after training. `control` names a control experiment in the
+    stored config (e.g. "lr": the schedule's learning rate replaced), so it is never counted as
+    a retraining of the protocol with the same settings (pruning at initialisation on CIFAR-10
+    trains at lr 0.01 from the same initialisations)."""
     init = build_model(model_cfg.name, model_cfg.width)
     init.load_state_dict(init_state)
     config = {"model": to_dict(model_cfg), "data": to_dict(dataclasses.replace(data, root=None)),
-              "train": to_dict(train_cfg), "bias": bias}
+              "train": to_dict(train_cfg), "bias": bias, **({"control": control} if control else {})}
     inputs = {"init_weights": weights_hash(init), "masks": None if masks is None else masks.to_dict(),
               "source": dataset_source(data), "torch": torch.__version__, "torch_threads": TRAIN_THREADS}
     return store.cached("retrain", config,
@@ -185,9 +189,13 @@ def reference_accuracy(cfg: RunConfig, store: Store) -> dict[str, Any]:
 
 
 def transfer_rows(cfg: RunConfig, targets: Sequence[str], store: Store, epochs: int | Mapping[str, int] | None = None,
-                  at_init: bool = False, workers: int = 1) -> list[dict[str, Any]]:
+                  at_init: bool = False, workers: int = 1, lr: float | None = None,
+                  variants: Sequence[str] = VARIANTS) -> list[dict[str, Any]]:
     """Train every mask of `source_masks(cfg)` on each target dataset from A's initialisation, and
     the dense reference on each target as its ordinary experiment (`transfer_plan`).
+
+    `variants`: the masks to train (and "reference" for the dense one); `lr`: retrain the masks at
+    this learning rate instead of the schedule's (a control of the authors' transfer schedule).
 
     `cfg` is the source run (dataset A, model, A's schedule and seed, MIP and τ); each target B
     uses `cfg.data` with B's name. One row per (target, variant): model, source, target, seed,
@@ -204,12 +212,14 @@ def transfer_rows(cfg: RunConfig, targets: Sequence[str], store: Store, epochs: 
     rows = []
     for target, plan in transfer_plan(cfg, targets, epochs, at_init).items():
         data = dataclasses.replace(cfg.data, dataset=target)
-        for variant, mask in masks.items():
+        for variant in variants:
+            mask = masks[variant]
             if mask is None:
                 result, trained = reference_accuracy(plan["reference"], store), plan["reference"].train
             else:
-                trained = plan["retrain"]
-                result = retrained_accuracy(cfg.model, init_state, mask, data, trained, store, cfg.prune.bias)
+                trained = plan["retrain"] if lr is None else dataclasses.replace(plan["retrain"], lr=lr)
+                result = retrained_accuracy(cfg.model, init_state, mask, data, trained, store, cfg.prune.bias,
+                                            control=None if lr is None else "lr")
             rows.append({"model": cfg.model.name, "source": cfg.data.dataset, "target": target,
                          "seed": cfg.train.seed, "at_init": at_init, "variant": variant, "epochs": trained.epochs,
                          "lr": trained.lr, "tau": cfg.prune.resolve(cfg.model.name, cfg.data.dataset),

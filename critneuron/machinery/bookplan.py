@@ -95,6 +95,12 @@ def _transfer(p: Planner, chapter: str, params: dict) -> None:
         plan = transfer_plan(source, [target], params["epochs"])[target]
         p.retrain(chapter, source, dataclasses.replace(source.data, dataset=target), plan["retrain"], fresh)
         p.train(chapter, plan["reference"], model_record(source.model.name).training)
+    for source, target in chapters.lr_control_sources(base, **params):
+        control = params["lr_control"]
+        retrain = transfer_plan(source, [target], params["epochs"])[target]["retrain"]
+        p.retrain(chapter, source, dataclasses.replace(source.data, dataset=target),
+                  dataclasses.replace(retrain, lr=control["lr"]), p.source(chapter, source),
+                  masks=len(control["masks"]), control="lr")
     if params["at_init"] is None:
         return
     settings = at_init_settings(**params["at_init"])

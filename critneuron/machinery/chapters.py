@@ -14,7 +14,7 @@ from critneuron.config import (
     DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, from_dict, paper_train_config, to_dict,
 )
 from critneuron.errors import ConfigError
-from critneuron.experiments.transfer import source_config
+from critneuron.experiments.transfer import VARIANTS, source_config
 from critneuron.experiments.whole import prune_sweep
 from critneuron.machinery.sweepfile import expand, parse_sweep
 
@@ -105,6 +105,24 @@ def transfer_sources(base: RunConfig, pairs: Sequence[Sequence[str]], seeds: Seq
     a model its own seeds (e.g. fewer for VGG-16, whose transfers cost the most)."""
     own = model_seeds or {}
     return [(source_config(base, m, a, seed, epochs, width), b) for m, a, b in pairs for seed in own.get(m, seeds)]
+
+
+LR_CONTROL_KEYS = ("lr", "pairs", "seeds", "masks")
+
+
+def lr_control_sources(base: RunConfig, lr_control: dict[str, Any] | None, epochs: int | None, width: float,
+                       **_other: Any) -> list[tuple[RunConfig, str]]:
+    """Chapter 04's control of the transfer's learning rate: (source run, target) of its pairs and
+    seeds, whose `masks` are retrained at `lr` instead of the authors' schedule ([] when
+    `lr_control` is None); ConfigError naming a missing or unknown key or mask."""
+    if lr_control is None:
+        return []
+    if set(lr_control) != set(LR_CONTROL_KEYS):
+        raise ConfigError(f"lr_control needs exactly the keys {list(LR_CONTROL_KEYS)}; got {sorted(lr_control)}")
+    masks = [m for m in lr_control["masks"] if m not in VARIANTS or m == "reference"]
+    if masks:
+        raise ConfigError(f"lr_control masks {masks}: not retrained masks; known: {list(VARIANTS[1:])}")
+    return transfer_sources(base, lr_control["pairs"], lr_control["seeds"], epochs, width)
 
 
 def sensitivity_sweeps(model: str, dataset: str, epochs: int, data_root: str | None, subset: int | None,

@@ -158,6 +158,24 @@ def _shortfall(pair: pd.Series, runs: pd.DataFrame) -> str:
             f"against {pct(pair['reference'])} for the dense reference; masks of the same counts: {others}.")
 
 
+MASK_NAMES = {"mip": "the MIP mask", "random": "the random mask", "snip": "our SNIP mask",
+              "snip-authors": "the authors' SNIP mask"}
+
+
+def lr_control(rows: pd.DataFrame) -> list[str]:
+    """Chapter 04's control of the transfer's learning rate: each mask's accuracy at each rate."""
+    if rows.empty:  # skipped: no columns either
+        return []
+    lines = []
+    for (model, source, target, seed), pair in rows.groupby(["model", "source", "target", "seed"], sort=False):
+        masks = [f"{MASK_NAMES.get(variant, variant)} " + ", ".join(
+            f"{pct(r.test_accuracy)} at lr {r.lr:g}" for r in group.sort_values("lr", ascending=False).itertuples())
+            for variant, group in pair.groupby("variant", sort=False)]
+        lines.append(f"Learning-rate control, {pairs_text([(model, source, target)])}, seed {seed}: "
+                     + "; ".join(masks) + ".")
+    return lines
+
+
 def sensitivity(by_lambda: pd.DataFrame, by_tau: pd.DataFrame, by_batch: pd.DataFrame) -> list[str]:
     """Chapter 05: what λ, τ and the MIP batch change."""
     lines = []

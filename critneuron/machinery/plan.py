@@ -208,21 +208,22 @@ class Planner:
                                                                                  f"{estimate.basis}, as decoupled"))
 
     def retrain(self, chapter: str, source: RunConfig, data: DataConfig, train: TrainConfig,
-                upstream_fresh: bool) -> None:
-        """The retrainings of the masks of `source` on `data` with the schedule `train`."""
+                upstream_fresh: bool, masks: int = MASKS_PER_TRANSFER, control: str | None = None) -> None:
+        """The retrainings of the `masks` masks of `source` on `data` with the schedule `train`
+        (`control`: as `experiments.transfer.retrained_accuracy` stores a control)."""
         init = weights_hash(build_model(source.model.name, source.model.width, seed=source.train.seed))
         config = {"model": to_dict(source.model), "data": to_dict(dataclasses.replace(data, root=None)),
-                  "train": to_dict(train), "bias": source.prune.bias}
+                  "train": to_dict(train), "bias": source.prune.bias, **({"control": control} if control else {})}
         found = self.index.matches("retrain", config, init_weights=init)
         one, sizes = self.training_estimate(source.model, data, "end-to-end", train.epochs)
-        seconds = None if one.seconds is None else MASKS_PER_TRANSFER * one.seconds
-        status = _status(found, upstream_fresh, MASKS_PER_TRANSFER)
+        seconds = None if one.seconds is None else masks * one.seconds
+        status = _status(found, upstream_fresh, masks)
         stored = sum(1 for _inputs, ok in found if ok) if status == "missing" and upstream_fresh else 0
         self.add(chapter, ("retrain", canonical_json(config), init), kind="retrain",
-                 what=f"{_name(source)} seed {source.train.seed} → {data.dataset} ×{MASKS_PER_TRANSFER} masks"
+                 what=f"{_name(source)} seed {source.train.seed} → {data.dataset} ×{masks} masks"
+                 + (f" at lr {train.lr:g} ({control} control)" if control else "")
                  + (f" ({stored} stored)" if stored else ""), status=status, epochs=train.epochs,
-                 images=sizes["train"], estimate=Estimate(seconds, one.basis),
-                 left=(MASKS_PER_TRANSFER - stored) / MASKS_PER_TRANSFER)
+                 images=sizes["train"], estimate=Estimate(seconds, one.basis), left=(masks - stored) / masks)
 
     def evaluation(self, chapter: str, cfg: RunConfig, kind: str, status: str, ident: tuple, label: str = "") -> None:
         """Pruning evaluation of one run (`experiments.whole.evaluate_masks`): accuracies of the
