@@ -245,6 +245,10 @@ def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_p
     monkeypatch.setattr(socket, "gethostname", lambda: "elsewhere")  # another machine solves it again
     assert [b["status"] for b in decoupled_run(cut, store)["blocks"]] == ["optimal", "optimal"]
 
+    scored = len(store.ls("score"))  # a barely trained head may classify no image of a class: any images then
+    anyhow = block_bounds_comparison(net, cfg, store, rules=["local"], correct_only=False)
+    assert [r["block"] for r in anyhow] == ["block1", "tail"] and len(store.ls("score")) > scored
+
 
 @pytest.mark.parametrize("name, width", [("lenet5", 1.0), ("vgg16", 1 / 16)])
 def test_module_bounds_equal_the_spec_bounds(name: str, width: float) -> None:

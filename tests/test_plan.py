@@ -131,6 +131,7 @@ def test_the_shipped_profile_extends_paper_and_scores_one_full_width_vgg16() -> 
     assert own["runs"][0] == ["vgg16", 0.0625, "decoupled"] and own["seeds"] == paper.parameters["03_decoupled"]["seeds"]
     full = chapters.full_width_config(**own)
     assert (full.model.name, full.model.width, full.train.epochs, full.score.time_limit) == ("vgg16", 1.0, 1, 600)
+    assert own["full_width"]["correct_only"] is False  # one epoch: a head may classify no image of a class
     assert chapters.full_width_config(**paper.parameters["03_decoupled"]) is None
     with pytest.raises(ConfigError, match="unknown key"):
         chapters.full_width_config(**{**own, "full_width": {"epochs": 1, "time_limit": 1, "width": 2}})

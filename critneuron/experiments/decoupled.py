@@ -261,17 +261,20 @@ BOUNDS_COLUMNS = ("block", "layers", "unstable_units", "variables", "constraints
 
 
 def block_bounds_comparison(net: Decoupled, cfg: RunConfig, store: Store, training: str = "decoupled",
-                            workers: int = 1, rules: Sequence[str] | None = None) -> list[dict[str, Any]]:
+                            workers: int = 1, rules: Sequence[str] | None = None,
+                            correct_only: bool = True) -> list[dict[str, Any]]:
     """The same network scored block by block under each `ScoreConfig.block_bounds` rule (default:
     network and local; blocks cached per rule): one row per rule and block (`BOUNDS_COLUMNS`, the
     block's units and how many its usable scores prune at τ) with the pruned network's test
-    accuracy (no fine-tuning) under that rule. Blocks that fail keep their rows."""
+    accuracy (no fine-tuning) under that rule. Blocks that fail keep their rows.
+    `correct_only=False`: each block's batch takes any images of each class, not only those its
+    head classifies correctly (a barely trained network's head may classify none of a class)."""
     tau = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
     test = load_split(cfg.data, "test")
     out = []
     for rule in rules or choices(ScoreConfig, "block_bounds"):
         run = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, block_bounds=rule))
-        scores = decoupled_mip_scores(net, run, store, training, workers, keep_failed=True)
+        scores = decoupled_mip_scores(net, run, store, training, workers, keep_failed=True, correct_only=correct_only)
         masks = masks_from_scores(scores, tau)
         accuracy, _loss = evaluate(apply_masks(net.model, masks, cfg.prune.bias), test)
         sizes = {name: module.out_features if isinstance(module, nn.Linear) else module.out_channels

@@ -69,12 +69,13 @@ def full_width_config(dataset: str, data_root: str | None, test_subset: int | No
                       full_width: dict[str, Any] | None, **_other: Any) -> RunConfig | None:
     """Chapter 03: the full-width VGG-16 scored block by block (None when `full_width` is None):
     `full_width["epochs"]` decoupled epochs (on `subset` training images if given), the first
-    seed, each sub-program limited to `time_limit` seconds."""
+    seed, each sub-program limited to `time_limit` seconds (and `correct_only`, default true,
+    is the section's argument to `experiments.decoupled.block_bounds_comparison`)."""
     if full_width is None:
         return None
-    unknown = sorted(set(full_width) - {"epochs", "subset", "time_limit"})
+    unknown = sorted(set(full_width) - {"epochs", "subset", "time_limit", "correct_only"})
     if unknown:
-        raise ConfigError(f"full_width: unknown key(s) {unknown}; known: epochs, subset, time_limit")
+        raise ConfigError(f"full_width: unknown key(s) {unknown}; known: epochs, subset, time_limit, correct_only")
     data = DataConfig(dataset=dataset, root=data_root, subset=full_width.get("subset"), test_subset=test_subset)
     return RunConfig(data=data, model=ModelConfig(name="vgg16", width=1.0),
                      train=paper_train_config("vgg16", dataset, full_width["epochs"], seeds[0]),
