@@ -178,8 +178,8 @@ def test_a_mask_that_does_not_transfer_is_named_with_every_number() -> None:
     assert lines[0].startswith("Trained on the target dataset, the MIP mask is within 1 point of the dense "
                                "reference in 1 of 2 pairs (worst: 58.8 points lost)")
     assert lines[1:] == ["LeNet-5: MNIST → CIFAR-10: the MIP mask retrains to chance (10.0 %) at lr 0.1, against "
-                         "68.8 % for the dense reference; masks of the same counts: random 23.8 %, our SNIP 20.6 %, "
-                         "the authors' SNIP 44.0 %."]
+                         "68.8 % for the dense reference; masks of the same counts: the random mask 23.8 %, our SNIP mask "
+                         "20.6 %, the authors' SNIP mask 44.0 %."]
 
 
 def test_the_learning_rate_control_quotes_each_mask_at_each_rate() -> None:

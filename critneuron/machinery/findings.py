@@ -144,6 +144,10 @@ def generalization(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+MASK_NAMES = {"mip": "the MIP mask", "random": "the random mask", "snip": "our SNIP mask",
+              "snip-authors": "the authors' SNIP mask"}
+
+
 def _shortfall(pair: pd.Series, runs: pd.DataFrame) -> str:
     """One transfer pair whose MIP mask loses more than the tolerance, every mask's accuracy named."""
     rows = runs[(runs["model"] == pair["model"]) & (runs["source"] == pair["source"])
@@ -151,15 +155,10 @@ def _shortfall(pair: pd.Series, runs: pd.DataFrame) -> str:
     reached = f"retrains to chance ({pct(pair['mip'])})" if pair["mip"] <= CHANCE + TOLERANCE / 100 \
         else f"reaches {pct(pair['mip'])}"
     lr = f" at lr {rows['lr'].iloc[0]:g}" if "lr" in rows and rows["lr"].notna().any() else ""
-    others = ", ".join(f"{name} {pct(pair[variant])}" for name, variant in
-                       (("random", "random"), ("our SNIP", "snip"), ("the authors' SNIP", "snip-authors"))
+    others = ", ".join(f"{MASK_NAMES[variant]} {pct(pair[variant])}" for variant in ("random", "snip", "snip-authors")
                        if variant in pair)
     return (f"{pairs_text([(pair['model'], pair['source'], pair['target'])])}: the MIP mask {reached}{lr}, "
             f"against {pct(pair['reference'])} for the dense reference; masks of the same counts: {others}.")
-
-
-MASK_NAMES = {"mip": "the MIP mask", "random": "the random mask", "snip": "our SNIP mask",
-              "snip-authors": "the authors' SNIP mask"}
 
 
 def lr_control(rows: pd.DataFrame) -> list[str]:
