@@ -99,6 +99,14 @@ def _retrain(model_cfg: ModelConfig, init_state: State, masks: Masks | None, dat
             "masked_weights_max": masked_weights_max(model, masks) if masks is not None else 0.0}
 
 
+def retrain_config(model_cfg: ModelConfig, data: DataConfig, train_cfg: TrainConfig, bias: Bias,
+                   control: str | None = None) -> dict[str, Any]:
+    """The stored config of a retraining (kind "retrain"; `control` only when set, see
+    `retrained_accuracy`), as `retrained_accuracy` writes it and `machinery.plan` looks it up."""
+    return {"model": to_dict(model_cfg), "data": to_dict(dataclasses.replace(data, root=None)),
+            "train": to_dict(train_cfg), "bias": bias, **({"control": control} if control else {})}
+
+
 def retrained_accuracy(model_cfg: ModelConfig, init_state: State, masks: Masks | None, data: DataConfig,
                        train_cfg: TrainConfig, store: Store, bias: Bias = "keep-bias",
                        control: str | None = None) -> dict[str, Any]:
@@ -109,8 +117,7 @@ def retrained_accuracy(model_cfg: ModelConfig, init_state: State, masks: Masks |
     trains at lr 0.01 from the same initialisations)."""
     init = build_model(model_cfg.name, model_cfg.width)
     init.load_state_dict(init_state)
-    config = {"model": to_dict(model_cfg), "data": to_dict(dataclasses.replace(data, root=None)),
-              "train": to_dict(train_cfg), "bias": bias, **({"control": control} if control else {})}
+    config = retrain_config(model_cfg, data, train_cfg, bias, control)
     inputs = {"init_weights": weights_hash(init), "masks": None if masks is None else masks.to_dict(),
               "source": dataset_source(data), "torch": torch.__version__, "torch_threads": TRAIN_THREADS}
     return store.cached("retrain", config,

@@ -173,8 +173,7 @@ def format_plan(stages: list[Stage]) -> str:
                      + f" (from nothing: {_hours(total['whole_seconds'])})")
         for s in stages:
             if s.chapter == chapter and s.status != "fresh":
-                seconds = None if s.estimate.seconds is None else s.left * s.estimate.seconds
-                cost = f"in {s.first}" if s.first else f"{_hours(seconds)} ({s.estimate.basis})"
+                cost = f"in {s.first}" if s.first else f"{_hours(s.counted)} ({s.estimate.basis})"
                 size = f" {s.epochs} ep × {s.images} img" if s.epochs is not None and s.images else ""
                 lines.append(f"  {s.status:<11} {s.kind:<11} {s.what}{size}  {cost}")
     seconds = sum(t["seconds"] for t in by_chapter.values())

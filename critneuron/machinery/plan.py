@@ -32,6 +32,7 @@ from critneuron.experiments.decoupled import DECOUPLED_TRAIN_CODE, HEADS_CODE, b
 from critneuron.experiments.fingerprint import is_current
 from critneuron.experiments.runs import TRAIN_CODE, train_config, train_inputs, weights_hash
 from critneuron.experiments.store import Store
+from critneuron.experiments.transfer import retrain_config
 from critneuron.machinery.rates import Estimate, Rates
 from critneuron.nets.data import official_split
 from critneuron.nets.heads import Decoupled
@@ -212,8 +213,7 @@ class Planner:
         """The retrainings of the `masks` masks of `source` on `data` with the schedule `train`
         (`control`: as `experiments.transfer.retrained_accuracy` stores a control)."""
         init = weights_hash(build_model(source.model.name, source.model.width, seed=source.train.seed))
-        config = {"model": to_dict(source.model), "data": to_dict(dataclasses.replace(data, root=None)),
-                  "train": to_dict(train), "bias": source.prune.bias, **({"control": control} if control else {})}
+        config = retrain_config(source.model, data, train, source.prune.bias, control)
         found = self.index.matches("retrain", config, init_weights=init)
         one, sizes = self.training_estimate(source.model, data, "end-to-end", train.epochs)
         seconds = None if one.seconds is None else masks * one.seconds
