@@ -133,7 +133,9 @@ class Store:
         folder = self.path(kind, key)
         if not self.is_complete(kind, key):
             raise RunNotFoundError(f"no complete {kind!r} run {key!r} under {self.root}")
-        artifacts = sorted(p.name for p in (folder / ARTIFACTS).iterdir())
+        # a clone of a shipped store lacks the folder when its only artifact was an ignored checkpoint
+        found = (folder / ARTIFACTS).iterdir() if (folder / ARTIFACTS).is_dir() else ()
+        artifacts = sorted(p.name for p in found)
         return {
             "kind": kind,
             "key": key,
