@@ -107,6 +107,14 @@ def decoupled_checkpoint(cfg: RunConfig, store: Store, progress: bool = False) -
     return store.path("train", store.key("train", config, **inputs)) / "artifacts" / "checkpoint.pt", metrics
 
 
+def decoupled_metrics(cfg: RunConfig, store: Store) -> dict:
+    """The metrics of `cfg`'s greedily trained network, without its checkpoint where the store
+    has the run (see `runs.trained_metrics`)."""
+    config = {**train_config(cfg), "training": "decoupled"}
+    return store.cached("train", config, lambda: _train_decoupled(cfg, False), code=DECOUPLED_TRAIN_CODE,
+                        **train_inputs(cfg))
+
+
 def decoupled_network(cfg: RunConfig, store: Store, training: str = "decoupled",
                       progress: bool = False) -> tuple[Decoupled, dict]:
     """`cfg`'s network with trained auxiliary heads, and its metrics (cached).

@@ -70,6 +70,13 @@ def trained_checkpoint(cfg: RunConfig, store: Store, progress: bool = False,
     return store.path("train", store.key("train", config, **inputs)) / "artifacts" / "checkpoint.pt", metrics
 
 
+def trained_metrics(cfg: RunConfig, store: Store) -> dict:
+    """The metrics of `cfg`'s trained network (trained once). Unlike `trained_checkpoint` it takes
+    a stored run without its checkpoint as it is (a clone of a shipped store): training it again on
+    another CPU gives other weights (float summation order), which would replace the stored run."""
+    return store.cached("train", train_config(cfg), lambda: _train(cfg, False), code=TRAIN_CODE, **train_inputs(cfg))
+
+
 def trained_model(cfg: RunConfig, store: Store, progress: bool = False) -> tuple[nn.Sequential, dict]:
     """The trained network of `cfg` (trained once, then loaded from the store) and its metrics."""
     path, metrics = trained_checkpoint(cfg, store, progress)

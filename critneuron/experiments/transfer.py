@@ -32,9 +32,9 @@ from critneuron.config import (
     Bias, DataConfig, ModelConfig, RunConfig, TrainConfig, paper_train_config, schedule_config, to_dict,
 )
 from critneuron.errors import ConfigError
-from critneuron.experiments.decoupled import decoupled_mip_scores, decoupled_network
+from critneuron.experiments.decoupled import decoupled_metrics, decoupled_mip_scores, decoupled_network
 from critneuron.experiments.fingerprint import Code
-from critneuron.experiments.runs import TRAIN_THREADS, mip_scores, trained_checkpoint, weights_hash
+from critneuron.experiments.runs import TRAIN_THREADS, mip_scores, trained_checkpoint, trained_metrics, weights_hash
 from critneuron.experiments.store import Store
 from critneuron.mip.scores import Scores
 from critneuron.nets.data import dataset_source, load_split
@@ -187,10 +187,8 @@ def transfer_plan(cfg: RunConfig, targets: Sequence[str], epochs: int | Mapping[
 def reference_accuracy(cfg: RunConfig, store: Store) -> dict[str, Any]:
     """Test accuracy and training time of the ordinary experiment `cfg` (trained as the paper trains
     its model: decoupled for VGG-16), cached with the other runs of the store."""
-    if model_record(cfg.model.name).training == "decoupled":
-        _net, metrics = decoupled_network(cfg, store, "decoupled")
-    else:
-        _path, metrics = trained_checkpoint(cfg, store)
+    decoupled = model_record(cfg.model.name).training == "decoupled"
+    metrics = decoupled_metrics(cfg, store) if decoupled else trained_metrics(cfg, store)
     return {"test_accuracy": metrics["test_accuracy"], "train_seconds": metrics["train_seconds"],
             "masked_weights_max": 0.0}
 
