@@ -27,6 +27,12 @@ class CheckpointError(CritneuronError, ValueError):
     """A file is not a readable critneuron checkpoint (corrupt, foreign or of another format)."""
 
 
+class IrreproducibleError(CritneuronError, RuntimeError):
+    """A stored run lacks an artifact a stage needs (a shipped store keeps no checkpoints), and
+    computing it again here does not reproduce it: e.g. a training on a CPU whose float kernels
+    sum in another order. The stored run is kept, with every result computed on it."""
+
+
 class SolveError(CritneuronError, RuntimeError):
     """The solver ended without any usable solution (infeasible, or timed out with no incumbent).
 

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from critneuron.config import RunConfig, ScoreConfig, to_dict
+from critneuron.errors import IrreproducibleError
 from critneuron.experiments.fingerprint import Code
 from critneuron.experiments.store import RESULTS_ENV, RunNotFoundError, RunOutput, Store, versions
 
@@ -264,7 +265,7 @@ def test_a_run_without_recorded_code_is_stale(tmp_path):
     assert store.ls()[0]["code"] == "fresh"
 
 
-def test_a_needed_artifact_that_is_missing_is_recomputed_and_restored(tmp_path):
+def test_a_needed_artifact_that_is_missing_is_recomputed_and_restored_only_when_reproduced(tmp_path):
     store, calls = Store(tmp_path), []
 
     def compute(weights: str, blob: bytes):
@@ -283,9 +284,11 @@ def test_a_needed_artifact_that_is_missing_is_recomputed_and_restored(tmp_path):
     assert store.cached("train", CONFIG, compute("aa", b"three"), code=CODE, needs=("net.pt",), **INPUTS) == first
     assert calls == ["aa", "aa"]  # present now: not computed again
     (folder / "artifacts" / "net.pt").unlink()
-    replaced = store.cached("train", CONFIG, compute("bb", b"four"), code=CODE, needs=("net.pt",), **INPUTS)
-    assert replaced["weights_hash"] == "bb" and (folder / "artifacts" / "net.pt").read_bytes() == b"four"
-    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # the old run is gone, nothing left behind
+    with pytest.raises(IrreproducibleError, match=r"another weights_hash \(bb, stored aa"):  # e.g. another CPU
+        store.cached("train", CONFIG, compute("bb", b"four"), code=CODE, needs=("net.pt",), **INPUTS)
+    assert store.read("train", folder.name)["result"] == first  # kept, with what was computed on it
+    assert not (folder / "artifacts" / "net.pt").exists()
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]  # nothing left behind
 
 
 def test_reuse_if_false_recomputes_and_replaces_a_fresh_run(tmp_path):

@@ -4,6 +4,7 @@ a small end-to-end transfer and pruning at initialisation on the real datasets, 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,28 @@ def test_transfer_run_on_small_subsets(base: RunConfig, tmp_path: Path) -> None:
     runs = len(store.ls("retrain"))
     assert runs == 4 and transfer_rows(cfg, ["fashion-mnist"], store, epochs=1) == rows
     assert len(store.ls("retrain")) == runs and len(store.ls("train")) == 2
+
+
+def test_stored_transfers_need_no_checkpoint_of_the_source(base: RunConfig, tmp_path: Path) -> None:
+    """As in a clone of a shipped store (no checkpoints): the rows come back from the masks' record,
+    and with that record gone too, from the masks the retrainings themselves hold; nothing trains."""
+    store = Store(tmp_path)
+    cfg = source_config(base, "fc3", "mnist", seed=0, epochs=1)
+    rows = transfer_rows(cfg, ["fashion-mnist"], store, epochs=1)
+    _init, masks = source_masks(cfg, store)
+    [stored] = store.ls("masks")
+    assert "recovered_from" not in store.read("masks", stored["key"])["result"]
+    checkpoints = [Path(r["path"]) / "artifacts" / "checkpoint.pt" for r in store.ls("train")]
+    for path in checkpoints:
+        path.unlink()
+    assert transfer_rows(cfg, ["fashion-mnist"], store, epochs=1) == rows
+    shutil.rmtree(stored["path"])
+    assert transfer_rows(cfg, ["fashion-mnist"], store, epochs=1) == rows
+    [recovered] = store.ls("masks")
+    retrained = {r["key"] for r in store.ls("retrain")}
+    assert set(store.read("masks", recovered["key"])["result"]["recovered_from"]) == retrained and len(retrained) == 4
+    assert source_masks(cfg, store)[1] == masks
+    assert not any(path.exists() for path in checkpoints)
 
 
 def test_pruning_at_initialisation_scores_the_untrained_network(base: RunConfig, tmp_path: Path) -> None:

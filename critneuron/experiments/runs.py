@@ -23,6 +23,7 @@ from torch import nn
 from critneuron.catalog import dataset_record
 from critneuron.config import DataConfig, RunConfig, ScoreConfig, to_dict
 from critneuron.experiments.fingerprint import Code
+from critneuron.experiments.lookup import the_fresh_run
 from critneuron.experiments.store import RunOutput, Store, versions
 from critneuron.mip.scores import Scores, score
 from critneuron.mip.solve import solver_version
@@ -37,7 +38,9 @@ from critneuron.nets.train import evaluate, load_checkpoint, save_checkpoint, to
 TRAIN_CODE = Code(("critneuron.experiments.runs:_train",))
 SCORING = ("critneuron.mip.scores", "critneuron.experiments.runs:score_inputs")
 SCORE_CODE = Code(SCORING, after=(TRAIN_CODE,))
-TRAIN_THREADS = 1  # stored runs train single-threaded: the same config gives the same weights on any executor
+# stored runs train single-threaded: the same config gives the same weights on any executor of one
+# machine (another CPU may sum in another order: `Store.cached` then raises IrreproducibleError)
+TRAIN_THREADS = 1
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -139,3 +142,12 @@ def mip_scores(model: nn.Sequential, cfg: RunConfig, store: Store, correct_only:
                           lambda: score(model, x, y, cfg.score, inputs["batch_indices"]).to_dict(), code=SCORE_CODE,
                           reuse_if=reusable_here, **inputs)
     return Scores.from_dict(result)
+
+
+def stored_scores(cfg: RunConfig, store: Store, weights: str) -> Scores | None:
+    """The stored MIP scores of `cfg` on the network of weights hash `weights`, read without the
+    network (its batch is a function of the weights, the data and `cfg.score`, so everything else
+    `score_inputs` keys is known): None unless exactly one fresh run matches, reusable here."""
+    run = the_fresh_run(store, "score", to_dict(cfg.score), weights=weights, dataset=cfg.data.dataset,
+                        source=dataset_source(cfg.data), solver=solver_version(cfg.score), **versions())
+    return Scores.from_dict(run["result"]) if run is not None and reusable_here(run) else None

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from critneuron.config import config_hash
-from critneuron.errors import CritneuronError
+from critneuron.errors import CritneuronError, IrreproducibleError
 from critneuron.experiments.fingerprint import Code, is_current
 from critneuron.experiments import runfiles
 
@@ -133,8 +133,7 @@ class Store:
         folder = self.path(kind, key)
         if not self.is_complete(kind, key):
             raise RunNotFoundError(f"no complete {kind!r} run {key!r} under {self.root}")
-        # a clone of a shipped store lacks the folder when its only artifact was an ignored checkpoint
-        found = (folder / ARTIFACTS).iterdir() if (folder / ARTIFACTS).is_dir() else ()
+        found = (folder / ARTIFACTS).iterdir() if (folder / ARTIFACTS).is_dir() else ()  # git keeps no empty folder
         artifacts = sorted(p.name for p in found)
         return {
             "kind": kind,
@@ -201,7 +200,7 @@ class Store:
 
         `needs`: artifacts the caller reads. A fresh run without them (a shipped store keeps no
         checkpoints) is computed again: if the new result agrees on every ``*_hash`` field, only
-        the artifacts are added, else the new run replaces the old. `reuse_if(run)` (a `read`
+        the artifacts are added, else IrreproducibleError (`_restore`). `reuse_if(run)` (a `read`
         record): False for a stored run that may not be reused here, which is computed again and
         replaced (e.g. a solve stopped by its time limit on another machine).
 
@@ -227,18 +226,21 @@ class Store:
 
     def _restore(self, kind: str, key: str, config: Any, output: RunOutput | dict, inputs: Mapping,
                  code: Code, needs: tuple[str, ...]) -> None:
-        """Add the `needs` artifacts of a recomputed run to its stored copy, or replace the copy
-        when a ``*_hash`` field of the result differs (the computation did not reproduce it)."""
+        """Add the `needs` artifacts of a recomputed run to its stored copy; IrreproducibleError
+        when a ``*_hash`` field of the result differs: replacing the copy would orphan every result
+        keyed on the stored hash, so it is kept and the caller told how to recompute it all."""
         output = output if isinstance(output, RunOutput) else RunOutput(result=output)
         folder = self.path(kind, key)
         stored = json.loads((folder / RESULT).read_text())
-        hashes = [name for name in stored if name.endswith("_hash")]
-        if all(stored[name] == output.result.get(name) for name in hashes):
-            (folder / ARTIFACTS).mkdir(exist_ok=True)
-            for name in needs:
-                runfiles.replace_file(folder / ARTIFACTS / name, runfiles.encode_artifact(name, output.artifacts[name]))
-        else:
-            self.write(kind, key, config, output, inputs=inputs, code=code, replace=True)
+        for name in (n for n in stored if n.endswith("_hash") and stored[n] != output.result.get(n)):
+            raise IrreproducibleError(
+                f"the stored {kind} run {key} under {self.root} lacks {list(needs)}, and computing it again "
+                f"here gave another {name} ({output.result.get(name)}, stored {stored[name]}; a training on "
+                "another CPU differs in float summation order). The stored run and the results on it are kept; "
+                f"to recompute them all on this machine, delete {folder} first")
+        (folder / ARTIFACTS).mkdir(exist_ok=True)
+        for name in needs:
+            runfiles.replace_file(folder / ARTIFACTS / name, runfiles.encode_artifact(name, output.artifacts[name]))
 
     @contextmanager
     def lock(self, kind: str, key: str) -> Iterator[None]:

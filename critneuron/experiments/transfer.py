@@ -29,17 +29,21 @@ from torch import nn
 
 from critneuron.catalog import dataset_record, model_record, paper_schedule, transfer_schedule
 from critneuron.config import (
-    Bias, DataConfig, ModelConfig, RunConfig, TrainConfig, paper_train_config, schedule_config, to_dict,
+    Bias, DataConfig, ModelConfig, RunConfig, TrainConfig, canonical_json, paper_train_config, schedule_config, to_dict,
 )
 from critneuron.errors import ConfigError
-from critneuron.experiments.decoupled import decoupled_metrics, decoupled_mip_scores, decoupled_network
+from critneuron.experiments.decoupled import (
+    BLOCK_SCORE_CODE, decoupled_metrics, decoupled_mip_scores, decoupled_network,
+)
 from critneuron.experiments.fingerprint import Code
-from critneuron.experiments.runs import TRAIN_THREADS, mip_scores, trained_checkpoint, trained_metrics, weights_hash
-from critneuron.experiments.store import Store
+from critneuron.experiments.runs import (
+    SCORE_CODE, TRAIN_THREADS, mip_scores, stored_scores, train_config, trained_metrics, trained_model, weights_hash,
+)
+from critneuron.experiments.store import Store, versions
 from critneuron.mip.scores import Scores
 from critneuron.nets.data import dataset_source, load_split
 from critneuron.nets.models import build_model
-from critneuron.nets.train import State, evaluate, load_checkpoint, torch_threads, train_model
+from critneuron.nets.train import State, evaluate, torch_threads, train_model
 from critneuron.pruning.baselines import SNIP_AUTHORS, baseline_masks, snip_authors_masks, snip_batch
 from critneuron.pruning.masks import Masks, freeze_masks, masks_from_scores, pruning_stats, unfreeze_masks
 
@@ -47,6 +51,9 @@ from critneuron.pruning.masks import Masks, freeze_masks, masks_from_scores, pru
 # the authors' port (Xavier re-initialisation, nll_loss on the logits, the top 45 % of all neurons).
 VARIANTS = ("reference", "mip", "random", "snip", SNIP_AUTHORS)
 RETRAIN_CODE = Code(("critneuron.experiments.transfer:_retrain",))
+MASKS_CODE = Code(("critneuron.experiments.transfer:_source_masks", "critneuron.experiments.transfer:_recorded_masks",
+                   "critneuron.pruning.baselines", "critneuron.pruning.masks"),
+                  after=(SCORE_CODE, BLOCK_SCORE_CODE["decoupled"]))
 # The paper's pruning at initialisation (PAPER_SPEC §9.3): the MIP on the untrained LeNet-5, B = 5,
 # λ = 1, τ = 0.2 (relaxed), ε = 1e-5, 5 resets; each target trains the mask with its own schedule,
 # 20 epochs on MNIST and Fashion-MNIST, 256 on CIFAR-10. With the authors' initialisation the conv
@@ -126,16 +133,64 @@ def retrained_accuracy(model_cfg: ModelConfig, init_state: State, masks: Masks |
 
 
 def _scored_source(cfg: RunConfig, store: Store, at_init: bool, decoupled: bool,
-                   workers: int = 1) -> tuple[nn.Sequential, State, Scores]:
-    """A's network, its initial weights and its MIP scores (whole-network, or block by block)."""
+                   workers: int = 1) -> tuple[nn.Sequential, Scores]:
+    """A's network and its MIP scores (whole-network, or block by block)."""
     if decoupled:
         net, _metrics = decoupled_network(cfg, store, "decoupled")
-        init = build_model(cfg.model.name, cfg.model.width, seed=cfg.train.seed)  # what greedy training started from
-        return net.model, init.state_dict(), decoupled_mip_scores(net, cfg, store, "decoupled", workers)
-    path, _metrics = trained_checkpoint(cfg, store)
-    model, meta = load_checkpoint(path)
-    model.eval()
-    return model, meta["init_state"], mip_scores(model, cfg, store, correct_only=not at_init)
+        return net.model, decoupled_mip_scores(net, cfg, store, "decoupled", workers)
+    model, _metrics = trained_model(cfg, store)
+    return model, mip_scores(model, cfg, store, correct_only=not at_init)
+
+
+def _source_masks(cfg: RunConfig, store: Store, at_init: bool, decoupled: bool, workers: int) -> dict[str, Any]:
+    model, scores = _scored_source(cfg, store, at_init, decoupled, workers)
+    mip = masks_from_scores(scores, cfg.prune.resolve(cfg.model.name, cfg.data.dataset))
+    x, y = snip_batch(load_split(cfg.data, "train"), seed=cfg.score.seed)
+    init = build_model(cfg.model.name, cfg.model.width, seed=cfg.train.seed)
+    masks = {"mip": mip, "random": baseline_masks("random", model, mip, seed=cfg.train.seed),
+             "snip": baseline_masks("snip", model, mip, x=x, y=y),
+             SNIP_AUTHORS: snip_authors_masks(init, x, y, seed=cfg.train.seed)}
+    return {"masks": {"reference": None, **{name: m.to_dict() for name, m in masks.items()}}}
+
+
+def _counts(mask: dict) -> dict[str, int]:
+    return {name: mask["sizes"][name] - len(kept) for name, kept in mask["kept"].items()}
+
+
+def _recorded_masks(cfg: RunConfig, store: Store, init: nn.Sequential, weights: str) -> dict[str, Any] | None:
+    """The masks of a whole-network source read back from its stored retrainings, for a store that
+    has them but neither the masks' record nor the source's checkpoint (a shipped store from before
+    masks were stored). Each retraining's inputs hold the mask it trained; a source's group on one
+    target (same initialisation, target and schedule, no control) holds its four masks: the MIP mask
+    (from the stored scores), the random mask (drawn again: it needs only the architecture), our
+    SNIP mask (the other one at the MIP mask's per-layer counts) and the authors' SNIP mask. None
+    unless every group agrees."""
+    scores = stored_scores(cfg, store, weights)
+    if scores is None:
+        return None
+    mip_mask = masks_from_scores(scores, cfg.prune.resolve(cfg.model.name, cfg.data.dataset))
+    mip, random = mip_mask.to_dict(), baseline_masks("random", init, mip_mask, seed=cfg.train.seed).to_dict()
+    groups: dict[str, list[tuple[str, dict]]] = {}
+    for record in store.ls("retrain"):
+        if record["status"] != "complete" or record["code"] != "fresh":
+            continue
+        run = store.read("retrain", record["key"])
+        config, inputs = run["config"], run["meta"]["inputs"]
+        if (config["model"] == to_dict(cfg.model) and "control" not in config and inputs.get("masks")
+                and inputs["init_weights"] == weights_hash(init)):
+            groups.setdefault(canonical_json(config), []).append((record["key"], inputs["masks"]))
+    found = []
+    for group in (g for g in groups.values() if any(m == mip for _k, m in g)):
+        others = [m for _k, m in group if m not in (mip, random)]
+        snip = [m for m in others if _counts(m) == _counts(mip)]
+        if len(group) != 4 or len(others) != 2 or len(snip) != 1:
+            return None
+        found.append(({"snip": snip[0], SNIP_AUTHORS: next(m for m in others if m is not snip[0])},
+                      [k for k, _m in group]))
+    if not found or any(masks != found[0][0] for masks, _keys in found):
+        return None
+    return {"masks": {"reference": None, "mip": mip, "random": random, **found[0][0]},
+            "recovered_from": sorted(k for _masks, keys in found for k in keys)}
 
 
 def source_masks(cfg: RunConfig, store: Store, at_init: bool = False, decoupled: bool | None = None,
@@ -149,20 +204,25 @@ def source_masks(cfg: RunConfig, store: Store, at_init: bool = False, decoupled:
     `decoupled` (default: for the models the paper trains decoupled, `ModelRecord.training`, i.e.
     VGG-16): A's network is trained greedily with auxiliary heads (A's schedule) and scored block
     by block (`experiments.decoupled.decoupled_mip_scores`, `workers` sub-MIPs at a time).
+
+    The masks are stored (kind "masks", keyed by A's training, MIP and τ, and its weights' hash),
+    so a store that has them needs no checkpoint of A; one that has only A's retrainings reads them
+    back from those (`_recorded_masks`).
     """
     if at_init:
         cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=0))
     if decoupled is None:
         decoupled = model_record(cfg.model.name).training == "decoupled" and not at_init
-    model, init_state, scores = _scored_source(cfg, store, at_init, decoupled, workers)
-    mip = masks_from_scores(scores, cfg.prune.resolve(cfg.model.name, cfg.data.dataset))
-    x, y = snip_batch(load_split(cfg.data, "train"), seed=cfg.score.seed)
-    init = build_model(cfg.model.name, cfg.model.width)
-    init.load_state_dict(init_state)
-    masks = {"reference": None, "mip": mip, "random": baseline_masks("random", model, mip, seed=cfg.train.seed),
-             "snip": baseline_masks("snip", model, mip, x=x, y=y),
-             SNIP_AUTHORS: snip_authors_masks(init, x, y, seed=cfg.train.seed)}
-    return init_state, masks
+    metrics = decoupled_metrics(cfg, store) if decoupled else trained_metrics(cfg, store)
+    init = build_model(cfg.model.name, cfg.model.width, seed=cfg.train.seed)
+    config = {"source": {**train_config(cfg), "training": "decoupled" if decoupled else "end-to-end"},
+              "score": to_dict(cfg.score), "prune": to_dict(cfg.prune), "at_init": at_init}
+    inputs = {"weights": metrics["weights_hash"], "init_weights": weights_hash(init),
+              "source": dataset_source(cfg.data), **versions()}
+    result = store.cached(
+        "masks", config, lambda: (None if decoupled else _recorded_masks(cfg, store, init, metrics["weights_hash"]))
+        or _source_masks(cfg, store, at_init, decoupled, workers), code=MASKS_CODE, **inputs)
+    return init.state_dict(), {name: None if m is None else Masks.from_dict(m) for name, m in result["masks"].items()}
 
 
 def transfer_plan(cfg: RunConfig, targets: Sequence[str], epochs: int | Mapping[str, int] | None = None,

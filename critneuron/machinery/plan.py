@@ -27,9 +27,8 @@ from typing import Any, Iterable
 
 from critneuron.catalog import dataset_record, model_record
 from critneuron.config import DataConfig, ModelConfig, RunConfig, ScoreConfig, TrainConfig, canonical_json, to_dict
-from critneuron.experiments import runfiles
 from critneuron.experiments.decoupled import DECOUPLED_TRAIN_CODE, HEADS_CODE, block_score_config
-from critneuron.experiments.fingerprint import is_current
+from critneuron.experiments.lookup import StoreIndex
 from critneuron.experiments.runs import TRAIN_CODE, train_config, train_inputs, weights_hash
 from critneuron.experiments.store import Store
 from critneuron.experiments.transfer import retrain_config
@@ -67,31 +66,6 @@ class Stage:
     def whole(self) -> float | None:
         """CPU seconds this stage costs its chapter computed from nothing (0 if counted elsewhere)."""
         return 0.0 if self.first else self.estimate.seconds
-
-
-class StoreIndex:
-    """Complete runs of some kinds by config, read once: (inputs, fresh) of each."""
-
-    def __init__(self, store: Store) -> None:
-        self.store, self._kinds = store, {}
-
-    def matches(self, kind: str, config: Any, **inputs: Any) -> list[tuple[dict, bool]]:
-        """(inputs, fresh) of the complete runs of `kind` with `config` whose inputs hold `inputs`."""
-        if kind not in self._kinds:
-            self._kinds[kind] = self._read(kind)
-        found = self._kinds[kind].get(canonical_json(runfiles.plain(config)), [])
-        return [(i, fresh) for i, fresh in found if all(i.get(k) == v for k, v in inputs.items())]
-
-    def _read(self, kind: str) -> dict[str, list[tuple[dict, bool]]]:
-        table: dict[str, list[tuple[dict, bool]]] = {}
-        folder = self.store.root / kind
-        for run in sorted(folder.iterdir()) if folder.is_dir() else []:
-            if run.name.startswith(".") or not (run / "result.json").is_file():
-                continue
-            meta = json.loads((run / "meta.json").read_text())
-            config = canonical_json(json.loads((run / "config.json").read_text()))
-            table.setdefault(config, []).append((meta.get("inputs", {}), is_current(meta.get("code"))))
-        return table
 
 
 def _status(found: list[tuple[dict, bool]], upstream_fresh: bool, needed: int = 1) -> str:
