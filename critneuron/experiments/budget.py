@@ -22,7 +22,7 @@ from critneuron.pruning.baselines import BASELINES, baseline_masks, snip_batch
 from critneuron.config import RunConfig, to_dict
 from critneuron.nets.data import dataset_source, load_split
 from critneuron.experiments.fingerprint import Code
-from critneuron.experiments.runs import SCORE_CODE, mip_scores, score_inputs, trained_model, weights_hash
+from critneuron.experiments.runs import SCORE_CODE, network_scores, score_inputs
 from critneuron.pruning.masks import Masks, apply_masks, masks_from_scores, pruning_stats
 from critneuron.mip.scores import Scores
 from critneuron.experiments.store import Store, versions
@@ -87,12 +87,10 @@ def budget_sweep(cfg: RunConfig, store: Store, taus: Sequence[float],
         >>> rows = budget_sweep(cfg, Store("results"), taus=[0.05, 0.2, 0.5])  # doctest: +SKIP
         >>> pandas.DataFrame(rows).groupby(["method", "tau"]).test_accuracy.mean()  # doctest: +SKIP
     """
-    model, _metrics = trained_model(cfg, store)
-    scores = mip_scores(model, cfg, store)
+    weights, scores, network = network_scores(cfg, store)  # a stored sweep needs no checkpoint
     config = {**to_dict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=None))),
               "taus": [float(t) for t in taus], "random_seeds": [int(s) for s in random_seeds]}
-    inputs = {"weights": weights_hash(model), "scores": scores_hash(scores), "source": dataset_source(cfg.data),
-              **versions()}
-    result = store.cached("budget", config, lambda: {"rows": budget_rows(model, scores, cfg, taus, random_seeds)},
+    inputs = {"weights": weights, "scores": scores_hash(scores), "source": dataset_source(cfg.data), **versions()}
+    result = store.cached("budget", config, lambda: {"rows": budget_rows(network(), scores, cfg, taus, random_seeds)},
                           code=BUDGET_CODE, **inputs)
     return result["rows"]

@@ -11,11 +11,13 @@ modules and training's code.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
@@ -151,3 +153,13 @@ def stored_scores(cfg: RunConfig, store: Store, weights: str) -> Scores | None:
     run = the_fresh_run(store, "score", to_dict(cfg.score), weights=weights, dataset=cfg.data.dataset,
                         source=dataset_source(cfg.data), solver=solver_version(cfg.score), **versions())
     return Scores.from_dict(run["result"]) if run is not None and reusable_here(run) else None
+
+
+def network_scores(cfg: RunConfig, store: Store) -> tuple[str, Scores, Callable[[], nn.Sequential]]:
+    """The weights' hash of `cfg`'s trained network, its MIP scores, and a loader of the network:
+    stored scores are read without it (`stored_scores`), so the network is loaded (trained where
+    the store lacks it) only for scores not stored or when a caller calls the loader."""
+    weights = trained_metrics(cfg, store)["weights_hash"]
+    network = functools.cache(lambda: trained_model(cfg, store)[0])
+    scores = stored_scores(cfg, store, weights)
+    return weights, scores if scores is not None else mip_scores(network(), cfg, store), network

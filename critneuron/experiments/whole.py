@@ -14,7 +14,7 @@ from torch import nn
 
 from critneuron.catalog import dataset_record
 from critneuron.config import RunConfig, from_dict, to_dict
-from critneuron.experiments.runs import mip_scores, trained_model
+from critneuron.experiments.runs import mip_scores, network_scores, trained_model
 from critneuron.experiments.store import Store, versions
 from critneuron.mip.scores import Scores
 from critneuron.nets.data import SPLITS, dataset_source, load_split
@@ -107,10 +107,9 @@ def vertex_interior(cfg: RunConfig, store: Store) -> dict[str, Any]:
     """How the reported optimum moves a run's mask: its MIP scores at the simplex vertex and at
     the interior point of the optimal face (`ScoreConfig.final_point`; both cached), and how many
     units one mask prunes and the other keeps at the run's τ."""
-    model, _metrics = trained_model(cfg, store)
     tau = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
-    scores = {point: mip_scores(model, dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, final_point=point)),
-                                store) for point in ("vertex", "interior")}
+    scores = {point: network_scores(dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, final_point=point)),
+                                    store)[1] for point in ("vertex", "interior")}  # stored ones need no checkpoint
     masks = {point: masks_from_scores(s, tau) for point, s in scores.items()}
     values = {point: np.concatenate([s.layers[name] for name in s.layers]) for point, s in scores.items()}
     flips = sum(len(set(masks["vertex"].pruned(name)) ^ set(masks["interior"].pruned(name))) for name in masks["vertex"].kept)
