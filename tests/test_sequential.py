@@ -43,3 +43,8 @@ def test_one_program_per_image_of_the_parallel_batch_stored_once(shared_data_roo
     assert rows[1]["pct_neurons_pruned"] == pruning_stats(model, masks_from_scores(mean, 0.1))["pct_neurons_pruned"]
     assert rows[0]["pct_neurons_pruned"] == pruning_stats(model, masks_from_scores(parallel, 0.1))["pct_neurons_pruned"]
     assert sequential_vs_parallel(cfg, store) == rows
+    [stored] = store.ls("sequential")
+    checkpoint = Path(store.ls("train")[0]["path"]) / "artifacts" / "checkpoint.pt"
+    checkpoint.unlink()  # as in a clone of a shipped store: the stored rows need no network
+    assert sequential_vs_parallel(cfg, store) == rows and not checkpoint.exists()
+    assert store.ls("sequential") == [stored]

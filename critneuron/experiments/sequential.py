@@ -14,12 +14,17 @@ import numpy as np
 from torch import nn
 
 from critneuron.config import RunConfig, to_dict
-from critneuron.experiments.runs import SCORE_CODE, mip_scores, reusable_here, score_inputs, trained_model
-from critneuron.experiments.store import Store
+from critneuron.experiments.fingerprint import Code
+from critneuron.experiments.runs import (
+    SCORE_CODE, mip_scores, reusable_here, score_inputs, trained_metrics, trained_model,
+)
+from critneuron.experiments.store import Store, versions
 from critneuron.mip.scores import Scores, score
-from critneuron.nets.data import load_split
+from critneuron.nets.data import dataset_source, load_split
 from critneuron.nets.train import evaluate
 from critneuron.pruning.masks import apply_masks, masks_from_scores, pruning_stats
+
+SEQUENTIAL_CODE = Code(("critneuron.experiments.sequential:_sequential_rows",), after=(SCORE_CODE,))
 
 
 def per_class_scores(model: nn.Sequential, cfg: RunConfig, store: Store) -> list[tuple[int, Scores]]:
@@ -47,7 +52,16 @@ def sequential_vs_parallel(cfg: RunConfig, store: Store) -> list[dict[str, Any]]
     """One row per program of a run at its τ: the parallel program (`runs.mip_scores`), the
     sequential one (the averaged per-class scores) and each per-class program alone, with the
     share of neurons and parameters pruned, the test accuracy without fine-tuning, the solver
-    status(es) and solve seconds (the sequential row: summed over its programs)."""
+    status(es) and solve seconds (the sequential row: summed over its programs). Stored (kind
+    "sequential", keyed by the run and its weights' hash), so a store that has them needs no
+    checkpoint."""
+    config = to_dict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=None)))
+    inputs = {"weights": trained_metrics(cfg, store)["weights_hash"], "source": dataset_source(cfg.data), **versions()}
+    return store.cached("sequential", config, lambda: {"rows": _sequential_rows(cfg, store)}, code=SEQUENTIAL_CODE,
+                        **inputs)["rows"]
+
+
+def _sequential_rows(cfg: RunConfig, store: Store) -> list[dict[str, Any]]:
     model, _metrics = trained_model(cfg, store)
     tau = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
     test = load_split(cfg.data, "test")

@@ -118,7 +118,7 @@ def _sensitivity(p: Planner, chapter: str, params: dict) -> None:
     sweeps = chapters.sensitivity_sweeps(**params)
     for sweep in sweeps.values():
         _prune_rows(p, chapter, sweep)
-    for cfg in chapters.sequential_configs(sweeps):
+    for cfg in chapters.sequential_configs(sweeps, params.get("sequential_seeds")):
         metrics, fresh = p.train(chapter, cfg)
         _inputs, status = p.score(chapter, cfg, metrics, fresh)
         p.per_class(chapter, cfg, metrics, fresh and status == "fresh")

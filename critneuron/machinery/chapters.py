@@ -152,9 +152,12 @@ def sweep_file(sweep: dict[str, Any]) -> dict[str, Any]:
     return prune_sweep(sweep["base"], sweep.get("grid"), sweep.get("items"))
 
 
-def sequential_configs(sweeps: dict[str, dict[str, Any]]) -> list[RunConfig]:
+def sequential_configs(sweeps: dict[str, dict[str, Any]], seeds: Sequence[int] | None = None) -> list[RunConfig]:
     """Chapter 05's sequential-against-parallel runs (`experiments.sequential`, PAPER_SPEC §8.2):
-    the τ sweep's runs at the paper's τ, one per seed (their parallel program is the τ sweep's)."""
+    the τ sweep's runs at the paper's τ, one per seed (their parallel program is the τ sweep's),
+    or on networks of training seeds `seeds`."""
     sweep = sweeps["threshold"]
     single = {"base": sweep["base"], "grid": {k: v for k, v in sweep["grid"].items() if k != "prune.threshold"}}
+    if seeds is not None:
+        single["grid"]["train.seed"] = list(seeds)
     return [from_dict(RunConfig, config) for config in expand(parse_sweep(sweep_file(single)))]
