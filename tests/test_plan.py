@@ -51,17 +51,16 @@ def test_a_training_is_missing_then_fresh_then_stale(tmp_path: Path, shared_data
     assert _train_stage(store).status == "stale"
 
 
-def test_solves_of_every_build_and_the_plan_text(tmp_path: Path, shared_data_root: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_stored_solves_of_chapter_01_and_the_plan_text(tmp_path: Path, shared_data_root: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRITNEURON_DATA", str(shared_data_root))
     stages = book_plan("smoke", NOTEBOOKS, rates=RATES, store=Store(tmp_path), only=["01"])
-    solves = {s.what: s for s in stages if s.kind == "solve"}
-    assert {s.status for s in solves.values()} == {"every build"}
-    assert solves["fc3 mnist relaxed"].estimate.seconds == 2.0
-    exact = solves["fc3 mnist exact"].estimate
-    assert (exact.seconds, exact.basis) == (30.0, "time limit")
+    [anatomy] = [s for s in stages if s.kind == "anatomy"]
+    assert (anatomy.status, anatomy.what) == ("missing", "fc3 mnist seed 0: relaxed, exact solves")
+    # the relaxed solve at its measured rate, the exact one at its time limit
+    assert (anatomy.estimate.seconds, anatomy.estimate.basis) == (32.0, "measured + time limit")
     text = format_plan(stages)
-    assert text.startswith("01_formulation: 0 fresh, 0 stale, 1 missing, 2 every build")
+    assert text.startswith("01_formulation: 0 fresh, 0 stale, 2 missing, 0 every build")
     assert text.splitlines()[-1].startswith("total to compute: 0.")
     whole = sum(s.estimate.seconds for s in stages)  # nothing stored: from nothing is all of it
     assert totals(stages)["01_formulation"]["whole_seconds"] == pytest.approx(whole)

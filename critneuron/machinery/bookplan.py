@@ -10,13 +10,14 @@ from typing import Any, Callable
 
 from critneuron.catalog import model_record
 from critneuron.config import RunConfig, ScoreConfig, choices, from_dict, paper_train_config, to_dict
+from critneuron.experiments.anatomy import anatomy_config
 from critneuron.experiments.budget import METHODS, RANDOM_SEEDS
 from critneuron.experiments.store import Store, versions
 from critneuron.experiments.transfer import at_init_settings, at_init_source, transfer_plan
 from critneuron.machinery import chapters, reuse
 from critneuron.machinery.profiles import list_notebooks, load_profile, select_notebooks
-from critneuron.machinery.plan import STATUSES, Planner, Stage, split_sizes, totals
-from critneuron.machinery.rates import Rates
+from critneuron.machinery.plan import STATUSES, Planner, Stage, stage_status, split_sizes, totals
+from critneuron.machinery.rates import Estimate, Rates
 from critneuron.machinery.sweepfile import expand, parse_sweep
 
 
@@ -39,11 +40,14 @@ def _prune_rows(p: Planner, chapter: str, sweep: dict[str, Any]) -> list[dict]:
 
 def _formulation(p: Planner, chapter: str, params: dict) -> None:
     run, score_cfg = chapters.formulation_run(**params)
-    p.train(chapter, run)
-    for mode in params["modes"]:  # score() called directly: solved at every build
-        p.add(chapter, ("solve", chapter, mode), kind="solve", what=f"{run.model.name} {run.data.dataset} {mode}",
-              status="every build", estimate=p.rates.solve_seconds(run.model.name, 1.0, "whole", mode,
-                                                                   score_cfg.time_limit))
+    metrics, fresh = p.train(chapter, run)
+    weights = metrics["weights_hash"] if metrics else None
+    found = p.index.matches("anatomy", anatomy_config(run, score_cfg, params["modes"]), weights=weights) if weights else []
+    solves = [p.rates.solve_seconds(run.model.name, 1.0, "whole", mode, score_cfg.time_limit) for mode in params["modes"]]
+    seconds = None if any(e.seconds is None for e in solves) else sum(e.seconds for e in solves)
+    p.add(chapter, ("anatomy", chapter, weights or run.model.name), kind="anatomy", status=stage_status(found, fresh),
+          what=f"{run.model.name} {run.data.dataset} seed {run.train.seed}: {', '.join(params['modes'])} solves",
+          estimate=Estimate(seconds, " + ".join(dict.fromkeys(e.basis for e in solves))))
 
 
 def _pruning(p: Planner, chapter: str, params: dict) -> None:

@@ -21,10 +21,10 @@ from critneuron.machinery.sweepfile import expand, parse_sweep
 
 def formulation_run(model: str, dataset: str, epochs: int | None, data_root: str | None, subset: int | None,
                     test_subset: int | None, batch_size: int, lambda_: float, time_limit: float,
-                    batch_rule: str, **_other: Any) -> tuple[RunConfig, ScoreConfig]:
-    """Chapter 01: the trained network's run (seed 0) and the score settings of its solves."""
+                    batch_rule: str, seed: int = 0, **_other: Any) -> tuple[RunConfig, ScoreConfig]:
+    """Chapter 01: the trained network's run (training seed `seed`) and the score settings of its solves."""
     data = DataConfig(dataset=dataset, root=data_root, subset=subset, test_subset=test_subset)
-    run = RunConfig(data=data, model=ModelConfig(name=model), train=paper_train_config(model, dataset, epochs, 0))
+    run = RunConfig(data=data, model=ModelConfig(name=model), train=paper_train_config(model, dataset, epochs, seed))
     return run, ScoreConfig(batch_size=batch_size, lambda_=lambda_, time_limit=time_limit, batch_rule=batch_rule)
 
 

@@ -68,7 +68,7 @@ class Stage:
         return 0.0 if self.first else self.estimate.seconds
 
 
-def _status(found: list[tuple[dict, bool]], upstream_fresh: bool, needed: int = 1) -> str:
+def stage_status(found: list[tuple[dict, bool]], upstream_fresh: bool, needed: int = 1) -> str:
     fresh = sum(1 for _inputs, ok in found if ok)
     if fresh >= needed:
         return "fresh" if upstream_fresh else "stale"
@@ -127,7 +127,7 @@ class Planner:
         found = self.index.matches("score", to_dict(cfg.score), weights=weights) if weights else []
         estimate = self.rates.solve_seconds(cfg.model.name, cfg.model.width, "whole", cfg.score.mode,
                                             cfg.score.time_limit)
-        status = _status(found, fresh)
+        status = stage_status(found, fresh)
         self.add(chapter, ("score", canonical_json(to_dict(cfg.score)), weights or _name(cfg), cfg.train.seed),
                  kind="score", what=f"{_name(cfg)} seed {cfg.train.seed} {cfg.score.mode} B={cfg.score.batch_size} "
                  f"λ={cfg.score.lambda_:g} batch seed {cfg.score.seed}{label}", status=status, estimate=estimate)
@@ -142,7 +142,7 @@ class Planner:
             found = self.index.matches("score", config, weights=weights, **inputs) if weights else []
             estimate = self.rates.solve_seconds(cfg.model.name, cfg.model.width, name, cfg.score.mode,
                                                 cfg.score.time_limit)
-            statuses.append(_status(found, fresh))
+            statuses.append(stage_status(found, fresh))
             self.add(chapter, ("block", canonical_json(config), weights or _name(cfg), cfg.train.seed,
                                json.dumps(inputs, sort_keys=True)),
                      kind="block score", what=f"{_name(cfg)} seed {cfg.train.seed} {name}" + (" (whole's batch)"
@@ -159,7 +159,7 @@ class Planner:
         seconds = None if each.seconds is None else cfg.score.batch_size * each.seconds
         self.add(chapter, ("per class", canonical_json(one), weights or _name(cfg), cfg.train.seed), kind="per-class",
                  what=f"{_name(cfg)} seed {cfg.train.seed}: {cfg.score.batch_size} programs of one image",
-                 status=_status(found, fresh, cfg.score.batch_size), estimate=Estimate(seconds, each.basis))
+                 status=stage_status(found, fresh, cfg.score.batch_size), estimate=Estimate(seconds, each.basis))
 
     def block_names(self, cfg: RunConfig) -> list[str]:
         """The names of the sub-MIPs of `cfg`'s model split into blocks."""
@@ -191,7 +191,7 @@ class Planner:
         found = self.index.matches("retrain", config, init_weights=init)
         one, sizes = self.training_estimate(source.model, data, "end-to-end", train.epochs)
         seconds = None if one.seconds is None else masks * one.seconds
-        status = _status(found, upstream_fresh, masks)
+        status = stage_status(found, upstream_fresh, masks)
         stored = sum(1 for _inputs, ok in found if ok) if status == "missing" and upstream_fresh else 0
         self.add(chapter, ("retrain", canonical_json(config), init), kind="retrain",
                  what=f"{_name(source)} seed {source.train.seed} → {data.dataset} ×{masks} masks"
