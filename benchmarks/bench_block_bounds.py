@@ -40,8 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     run = dataclasses.replace(decoupled_config(args), score=ScoreConfig(batch_size=args.batch_size,
                                                                         time_limit=args.time_limit, seed=args.seed))
     store = Store(args.cache)
-    net, _metrics = decoupled_network(run, store, "decoupled", progress=True)
-    rows = block_bounds_comparison(net, run, store, "decoupled", args.workers, args.rules)
+    decoupled_network(run, store, "decoupled", progress=True)  # trained first, with its progress shown
+    rows = block_bounds_comparison(run, store, "decoupled", args.workers, args.rules)
     out = args.out / f"bench_block_bounds-{args.model}-{args.width:g}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "environment": env, "rows": rows}, indent=1, default=str))

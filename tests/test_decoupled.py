@@ -4,6 +4,7 @@ parallel = serial) and the cached end-to-end run."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 import socket
 from collections import OrderedDict
 
@@ -212,7 +213,7 @@ def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_p
     net, _metrics = decoupled_network(cfg, store)
     assert torch.equal(net.heads[0].head_fc2.weight, decoupled_network(cfg, store)[0].heads[0].head_fc2.weight)
 
-    comparison = block_bounds_comparison(net, cfg, store)  # network: the stored blocks; local: two new ones
+    comparison = block_bounds_comparison(cfg, store)  # network: the stored blocks; local: two new ones
     assert [(r["block_bounds"], r["block"]) for r in comparison] == [
         ("network", "block1"), ("network", "tail"), ("local", "block1"), ("local", "tail")]
     assert comparison[0]["unstable_units"] == comparison[2]["unstable_units"]  # block 1: the same box
@@ -220,6 +221,11 @@ def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_p
     assert comparison[0]["pruned_test_acc"] == row["pruned"]["test"]["accuracy"]
     assert sum(r["pruned"] for r in comparison[:2]) == sum(Masks.from_dict(row["masks"]).n_pruned().values())
     assert len(store.ls("score")) == 4
+    checkpoint = Path(store.ls("train")[0]["path"]) / "artifacts" / "checkpoint.pt"
+    checkpoint.unlink()  # as in a clone of a shipped store: the stored rows need no network
+    assert decoupled_run(cfg, store) == row and block_bounds_comparison(cfg, store) == comparison
+    assert not checkpoint.exists()
+    net, _metrics = decoupled_network(cfg, store)  # trained again here: the same weights on this machine
 
     real_score = blocks.score
 
@@ -246,7 +252,7 @@ def test_decoupled_run_is_cached_and_reports_every_block(shared_data_root, tmp_p
     assert [b["status"] for b in decoupled_run(cut, store)["blocks"]] == ["optimal", "optimal"]
 
     scored = len(store.ls("score"))  # a barely trained head may classify no image of a class: any images then
-    anyhow = block_bounds_comparison(net, cfg, store, rules=["local"], correct_only=False)
+    anyhow = block_bounds_comparison(cfg, store, rules=["local"], correct_only=False)
     assert [r["block"] for r in anyhow] == ["block1", "tail"] and len(store.ls("score")) > scored
 
 

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import Executor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from critneuron.config import RunConfig, ScoreConfig, choices, paper_train_confi
 from critneuron.errors import ConfigError, SolveError
 from critneuron.experiments.runs import (
     SCORING, TRAIN_CODE, TRAIN_THREADS, checkpoint_output, mip_scores, reusable_here, score_inputs, train_config,
-    train_inputs, trained_model, weights_hash,
+    train_inputs, trained_metrics, trained_model, weights_hash,
 )
 from critneuron.experiments.cluster import dask_client
 from critneuron.experiments.fingerprint import Code
@@ -230,14 +230,48 @@ def _stored_block(result: dict) -> Scores | dict:
     return result["failed"] if "failed" in result else Scores.from_dict(result)
 
 
+def _stored_study(kind: str, entry: str, cfg: RunConfig, store: Store, training: str,
+                  compute: Callable[[Decoupled, dict], dict[str, Any]], progress: bool = False,
+                  **extra: Any) -> dict[str, Any]:
+    """`compute(net, metrics)` on `cfg`'s network trained `training`, stored under `kind` (keyed by the run,
+    `extra` and the network's weights' hash; `entry` names its code), so that a store that has it
+    needs no checkpoint. Reused on another host only when no block stopped at a limit or failed
+    (what a limit reaches depends on the machine, as `runs.reusable_here`)."""
+    metrics = decoupled_metrics(cfg, store) if training == "decoupled" else trained_metrics(cfg, store)
+    config = study_config(cfg, training, **extra)
+    inputs = {"weights": metrics["weights_hash"], "source": dataset_source(cfg.data), **versions()}
+    code = Code((f"critneuron.experiments.decoupled:{entry}",), after=(BLOCK_SCORE_CODE[training],))
+    return store.cached(kind, config, lambda: compute(*decoupled_network(cfg, store, training, progress)),
+                        code=code, reuse_if=_reusable_study, **inputs)
+
+
+def study_config(cfg: RunConfig, training: str, **extra: Any) -> dict[str, Any]:
+    """The stored config of a `_stored_study` (also what `machinery.plan` looks up)."""
+    return {"run": to_dict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=None))),
+            "training": training, **extra}
+
+
+def _reusable_study(run: dict) -> bool:
+    result = run["result"]
+    blocks = result.get("blocks") or result.get("rows", [])
+    limited = any(b.get("status") in ("maxTimeLimit", "failed") for b in blocks)
+    return not limited or run["meta"].get("host") == socket.gethostname()
+
+
 def decoupled_run(cfg: RunConfig, store: Store | None = None, training: str = "decoupled", workers: int = 1,
                   progress: bool = False) -> dict[str, Any]:
     """Train with heads (cached), score every block (cached), prune at τ, evaluate: the table row
     plus one row per block (status, final point, usable, self-check, gap, times, unstable units)
     and how the net was trained. A failed or limit-stopped block keeps its row and prunes nothing
-    (`mip.blocks.usable`); the run goes on."""
+    (`mip.blocks.usable`); the run goes on. The row is stored (kind "decoupled", `_stored_study`)."""
     store = store or Store()
-    net, train_metrics = decoupled_network(cfg, store, training, progress)
+    return _stored_study("decoupled", "_decoupled_row", cfg, store, training,
+                         lambda net, metrics: _decoupled_row(net, metrics, cfg, store, training, workers, progress),
+                         progress)
+
+
+def _decoupled_row(net: Decoupled, train_metrics: dict, cfg: RunConfig, store: Store, training: str, workers: int,
+                   progress: bool) -> dict[str, Any]:
     scores = decoupled_mip_scores(net, cfg, store, training, workers, progress, keep_failed=True)
     data = {s: load_split(cfg.data, s) for s in SPLITS}
     row = evaluate_masks(net.model, scores, cfg, data)
@@ -247,10 +281,15 @@ def decoupled_run(cfg: RunConfig, store: Store | None = None, training: str = "d
     return row
 
 
-def decoupled_vs_whole(net: Decoupled, cfg: RunConfig, store: Store, training: str = "decoupled",
-                       workers: int = 1) -> dict[str, Any]:
-    """The same network scored by one whole-network MIP and decoupled, on the same batch (the
-    whole network's): masks at τ, their per-layer agreement, and each method's time."""
+def decoupled_vs_whole(cfg: RunConfig, store: Store, training: str = "decoupled", workers: int = 1) -> dict[str, Any]:
+    """`cfg`'s network scored by one whole-network MIP and decoupled, on the same batch (the whole
+    network's): masks at τ (as dicts), their per-layer agreement, and each method's time. Stored
+    (kind "vs_whole", `_stored_study`)."""
+    return _stored_study("vs_whole", "_vs_whole", cfg, store, training,
+                         lambda net, _metrics: _vs_whole(net, cfg, store, training, workers))
+
+
+def _vs_whole(net: Decoupled, cfg: RunConfig, store: Store, training: str, workers: int) -> dict[str, Any]:
     x, y, inputs = score_inputs(net.model, cfg.data, cfg.score)
     whole = mip_scores(net.model, cfg, store)
     same = [(x, y, torch.tensor(inputs["batch_indices"]))] * len(net.blocks)
@@ -258,7 +297,7 @@ def decoupled_vs_whole(net: Decoupled, cfg: RunConfig, store: Store, training: s
     tau = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
     masks = {name: masks_from_scores(s, tau) for name, s in (("whole", whole), ("decoupled", split))}
     seconds = whole.provenance["seconds"]
-    return {"threshold": tau, "scores": {"whole": whole, "decoupled": split}, "masks": masks,
+    return {"threshold": tau, "masks": {name: m.to_dict() for name, m in masks.items()},
             "agreement": mask_agreement(masks["whole"], masks["decoupled"]),
             "seconds": {"whole": seconds["bounds"] + seconds["build"] + seconds["solve"],
                         "decoupled": sum(b["wall_s"] for b in split.provenance["blocks"])}}
@@ -268,19 +307,27 @@ BOUNDS_COLUMNS = ("block", "layers", "unstable_units", "variables", "constraints
                   "usable", "rounds", "solve_s", "wall_s", "peak_rss_gb", "selfcheck_error", "selfcheck_flagged")
 
 
-def block_bounds_comparison(net: Decoupled, cfg: RunConfig, store: Store, training: str = "decoupled",
-                            workers: int = 1, rules: Sequence[str] | None = None,
-                            correct_only: bool = True) -> list[dict[str, Any]]:
-    """The same network scored block by block under each `ScoreConfig.block_bounds` rule (default:
+def block_bounds_comparison(cfg: RunConfig, store: Store, training: str = "decoupled", workers: int = 1,
+                            rules: Sequence[str] | None = None, correct_only: bool = True) -> list[dict[str, Any]]:
+    """`cfg`'s network scored block by block under each `ScoreConfig.block_bounds` rule (default:
     network and local; blocks cached per rule): one row per rule and block (`BOUNDS_COLUMNS`, the
     block's units and how many its usable scores prune at τ) with the pruned network's test
     accuracy (no fine-tuning) under that rule. Blocks that fail keep their rows.
     `correct_only=False`: each block's batch takes any images of each class, not only those its
-    head classifies correctly (a barely trained network's head may classify none of a class)."""
+    head classifies correctly (a barely trained network's head may classify none of a class).
+    Stored (kind "block_bounds", `_stored_study`)."""
+    rules = list(rules or choices(ScoreConfig, "block_bounds"))
+    return _stored_study("block_bounds", "_bounds_rows", cfg, store, training,
+                         lambda net, _metrics: {"rows": _bounds_rows(net, cfg, store, training, workers, rules, correct_only)},
+                         rules=rules, correct_only=correct_only)["rows"]
+
+
+def _bounds_rows(net: Decoupled, cfg: RunConfig, store: Store, training: str, workers: int, rules: Sequence[str],
+                 correct_only: bool) -> list[dict[str, Any]]:
     tau = cfg.prune.resolve(cfg.model.name, cfg.data.dataset)
     test = load_split(cfg.data, "test")
     out = []
-    for rule in rules or choices(ScoreConfig, "block_bounds"):
+    for rule in rules:
         run = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, block_bounds=rule))
         scores = decoupled_mip_scores(net, run, store, training, workers, keep_failed=True, correct_only=correct_only)
         masks = masks_from_scores(scores, tau)

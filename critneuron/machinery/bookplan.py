@@ -12,6 +12,7 @@ from critneuron.catalog import model_record
 from critneuron.config import RunConfig, ScoreConfig, choices, from_dict, paper_train_config, to_dict
 from critneuron.experiments.anatomy import anatomy_config
 from critneuron.experiments.budget import METHODS, RANDOM_SEEDS
+from critneuron.experiments.decoupled import study_config
 from critneuron.experiments.store import Store, versions
 from critneuron.experiments.transfer import at_init_settings, at_init_source, transfer_plan
 from critneuron.machinery import chapters, reuse
@@ -77,8 +78,11 @@ def _decoupled(p: Planner, chapter: str, params: dict) -> None:
         if training == "end-to-end":
             head_cfg = paper_train_config(cfg.model.name, cfg.data.dataset, cfg.train.epochs, cfg.train.seed)
             p.heads(chapter, cfg, head_cfg, metrics, fresh)
-        p.blocks(chapter, cfg, metrics, fresh)
-        p.evaluation(chapter, cfg, "evaluate", "every build", ("evaluate", chapter, str(cfg), training), f" {training}")
+        blocks_fresh = p.blocks(chapter, cfg, metrics, fresh)
+        weights = metrics["weights_hash"] if metrics else None
+        found = p.index.matches("decoupled", study_config(cfg, training), weights=weights) if weights else []
+        p.evaluation(chapter, cfg, "evaluate", stage_status(found, fresh and blocks_fresh),
+                     ("evaluate", chapter, str(cfg), training), f" {training}")
     cfg = chapters.compared_config(configs, params["compare"])
     metrics, fresh = p.train(chapter, cfg, "decoupled")
     inputs, status = p.score(chapter, cfg, metrics, fresh, label=" (whole MIP of the decoupled net)")
