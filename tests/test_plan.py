@@ -51,6 +51,21 @@ def test_a_training_is_missing_then_fresh_then_stale(tmp_path: Path, shared_data
     assert _train_stage(store).status == "stale"
 
 
+def test_a_stage_on_a_network_without_its_checkpoint_adds_its_training(tmp_path: Path, shared_data_root: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRITNEURON_DATA", str(shared_data_root))
+    store = Store(tmp_path)
+    run, _score = chapters.formulation_run(**load_profile("smoke", NOTEBOOKS).parameters["01_formulation"])
+    trained_model(run, store)
+    kinds = lambda: [(s.kind, s.status) for s in book_plan("smoke", NOTEBOOKS, rates=RATES, store=store, only=["01"])]  # noqa: E731
+    assert kinds() == [("train", "fresh"), ("anatomy", "missing")]
+    (Path(store.ls("train")[0]["path"]) / "artifacts" / "checkpoint.pt").unlink()  # a clone of a shipped store
+    stages = book_plan("smoke", NOTEBOOKS, rates=RATES, store=store, only=["01"])
+    assert [(s.kind, s.status) for s in stages] == [("train", "fresh"), ("checkpoint", "missing"), ("anatomy", "missing")]
+    assert stages[1].estimate == stages[0].estimate and "checkpoint not stored" in stages[1].what
+    assert stages[1].counted == stages[0].whole > 0
+
+
 def test_the_stored_solves_of_chapter_01_and_the_plan_text(tmp_path: Path, shared_data_root: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRITNEURON_DATA", str(shared_data_root))

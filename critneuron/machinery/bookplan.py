@@ -46,7 +46,8 @@ def _formulation(p: Planner, chapter: str, params: dict) -> None:
     found = p.index.matches("anatomy", anatomy_config(run, score_cfg, params["modes"]), weights=weights) if weights else []
     solves = [p.rates.solve_seconds(run.model.name, 1.0, "whole", mode, score_cfg.time_limit) for mode in params["modes"]]
     seconds = None if any(e.seconds is None for e in solves) else sum(e.seconds for e in solves)
-    p.add(chapter, ("anatomy", chapter, weights or run.model.name), kind="anatomy", status=stage_status(found, fresh),
+    p.add(chapter, ("anatomy", chapter, weights or run.model.name), needs=weights, kind="anatomy",
+          status=stage_status(found, fresh),
           what=f"{run.model.name} {run.data.dataset} seed {run.train.seed}: {', '.join(params['modes'])} solves",
           estimate=Estimate(seconds, " + ".join(dict.fromkeys(e.basis for e in solves))))
 
@@ -82,7 +83,7 @@ def _decoupled(p: Planner, chapter: str, params: dict) -> None:
         weights = metrics["weights_hash"] if metrics else None
         found = p.index.matches("decoupled", study_config(cfg, training), weights=weights) if weights else []
         p.evaluation(chapter, cfg, "evaluate", stage_status(found, fresh and blocks_fresh),
-                     ("evaluate", chapter, str(cfg), training), f" {training}")
+                     ("evaluate", chapter, str(cfg), training), f" {training}", needs=weights)
     cfg = chapters.compared_config(configs, params["compare"])
     metrics, fresh = p.train(chapter, cfg, "decoupled")
     inputs, status = p.score(chapter, cfg, metrics, fresh, label=" (whole MIP of the decoupled net)")

@@ -85,9 +85,15 @@ class Planner:
         self._seen: dict[tuple, str] = {}
         self._chapter_seen: set[tuple] = set()
         self._blocks: dict[tuple, list[str]] = {}
+        self._absent: dict[str, dict[str, Any]] = {}  # weights' hash -> fields of a training whose checkpoint is gone
 
-    def add(self, chapter: str, ident: tuple, **fields: Any) -> None:
-        """Record a stage (once per chapter; `first` set when an earlier chapter has it)."""
+    def add(self, chapter: str, ident: tuple, needs: str | None = None, **fields: Any) -> None:
+        """Record a stage (once per chapter; `first` set when an earlier chapter has it). `needs`: the
+        weights' hash of the network it computes on; a stage to compute on a stored network whose
+        checkpoint the store lacks adds that network's training (a "checkpoint" stage): trained
+        again on another CPU it gives other weights, and `Store.cached` stops (IrreproducibleError)."""
+        if needs in self._absent and fields["status"] not in ("fresh", "reused"):
+            self.add(chapter, ("checkpoint", needs), kind="checkpoint", status="missing", **self._absent[needs])
         if (chapter, ident) in self._chapter_seen:
             return
         self._chapter_seen.add((chapter, ident))
@@ -114,10 +120,15 @@ class Planner:
         complete = self.store.is_complete("train", key)
         fresh = complete and self.store.is_fresh("train", key, code)
         estimate, sizes = self.training_estimate(cfg.model, cfg.data, training, cfg.train.epochs)
-        self.add(chapter, ("train", key), kind="train", what=f"{_name(cfg)} seed {cfg.train.seed} ({training})",
-                 status="fresh" if fresh else "stale" if complete else "missing", epochs=cfg.train.epochs,
-                 images=sizes["train"], estimate=estimate)
-        return (self.store.read("train", key)["result"] if complete else None), fresh
+        what = f"{_name(cfg)} seed {cfg.train.seed} ({training})"
+        self.add(chapter, ("train", key), kind="train", what=what, epochs=cfg.train.epochs, images=sizes["train"],
+                 status="fresh" if fresh else "stale" if complete else "missing", estimate=estimate)
+        metrics = self.store.read("train", key)["result"] if complete else None
+        if metrics and not (self.store.path("train", key) / "artifacts" / "checkpoint.pt").is_file():
+            self._absent[metrics["weights_hash"]] = {
+                "what": f"{what}: checkpoint not stored, trained again (another CPU: other weights, its results recomputed)",
+                "epochs": cfg.train.epochs, "images": sizes["train"], "estimate": estimate}
+        return metrics, fresh
 
     def score(self, chapter: str, cfg: RunConfig, metrics: dict | None, fresh: bool,
               label: str = "") -> tuple[dict | None, str]:
@@ -129,7 +140,8 @@ class Planner:
                                             cfg.score.time_limit)
         status = stage_status(found, fresh)
         self.add(chapter, ("score", canonical_json(to_dict(cfg.score)), weights or _name(cfg), cfg.train.seed),
-                 kind="score", what=f"{_name(cfg)} seed {cfg.train.seed} {cfg.score.mode} B={cfg.score.batch_size} "
+                 needs=weights, kind="score",
+                 what=f"{_name(cfg)} seed {cfg.train.seed} {cfg.score.mode} B={cfg.score.batch_size} "
                  f"λ={cfg.score.lambda_:g} batch seed {cfg.score.seed}{label}", status=status, estimate=estimate)
         return (found[0][0] if found else None), status
 
@@ -144,7 +156,7 @@ class Planner:
                                                 cfg.score.time_limit)
             statuses.append(stage_status(found, fresh))
             self.add(chapter, ("block", canonical_json(config), weights or _name(cfg), cfg.train.seed,
-                               json.dumps(inputs, sort_keys=True)),
+                               json.dumps(inputs, sort_keys=True)), needs=weights,
                      kind="block score", what=f"{_name(cfg)} seed {cfg.train.seed} {name}" + (" (whole's batch)"
                      if inputs else "") + _box_rule(cfg.score), status=statuses[-1], estimate=estimate)
         return all(s == "fresh" for s in statuses)
@@ -157,7 +169,8 @@ class Planner:
         found = self.index.matches("score", one, weights=weights) if weights else []
         each = self.rates.solve_seconds(cfg.model.name, cfg.model.width, "whole", cfg.score.mode, cfg.score.time_limit)
         seconds = None if each.seconds is None else cfg.score.batch_size * each.seconds
-        self.add(chapter, ("per class", canonical_json(one), weights or _name(cfg), cfg.train.seed), kind="per-class",
+        self.add(chapter, ("per class", canonical_json(one), weights or _name(cfg), cfg.train.seed), needs=weights,
+                 kind="per-class",
                  what=f"{_name(cfg)} seed {cfg.train.seed}: {cfg.score.batch_size} programs of one image",
                  status=stage_status(found, fresh, cfg.score.batch_size), estimate=Estimate(seconds, each.basis))
 
@@ -199,14 +212,15 @@ class Planner:
                  + (f" ({stored} stored)" if stored else ""), status=status, epochs=train.epochs,
                  images=sizes["train"], estimate=Estimate(seconds, one.basis), left=(masks - stored) / masks)
 
-    def evaluation(self, chapter: str, cfg: RunConfig, kind: str, status: str, ident: tuple, label: str = "") -> None:
+    def evaluation(self, chapter: str, cfg: RunConfig, kind: str, status: str, ident: tuple, label: str = "",
+                   needs: str | None = None) -> None:
         """Pruning evaluation of one run (`experiments.whole.evaluate_masks`): accuracies of the
         reference and pruned networks on train and test, random and critical on test, and the
         fine-tuning epochs."""
         sizes = split_sizes(cfg.data)
         estimate, _sizes = self.training_estimate(cfg.model, cfg.data, "end-to-end", cfg.prune.finetune_epochs,
                                                   2 * sizes["train"] + 5 * sizes["test"])
-        self.add(chapter, ident, kind=kind, what=f"{_name(cfg)} seed {cfg.train.seed}{label} (evaluate"
+        self.add(chapter, ident, needs=needs, kind=kind, what=f"{_name(cfg)} seed {cfg.train.seed}{label} (evaluate"
                  + (f", fine-tune {cfg.prune.finetune_epochs})" if cfg.prune.finetune_epochs else ")"),
                  status=status, epochs=cfg.prune.finetune_epochs, images=sizes["train"], estimate=estimate)
 
