@@ -60,12 +60,14 @@ class Stage:
         """CPU seconds this stage adds to its chapter's total (0 if fresh or counted elsewhere)."""
         if self.status in ("fresh", "reused"):
             return 0.0
-        return None if self.whole is None else self.left * self.whole
+        seconds = 0.0 if self.first else self.estimate.seconds
+        return None if seconds is None else self.left * seconds
 
     @property
     def whole(self) -> float | None:
-        """CPU seconds this stage costs its chapter computed from nothing (0 if counted elsewhere)."""
-        return 0.0 if self.first else self.estimate.seconds
+        """CPU seconds this stage costs its chapter computed from nothing (0 if counted elsewhere,
+        or a checkpoint trained again: from nothing, its training stage counts it)."""
+        return 0.0 if self.first or self.kind == "checkpoint" else self.estimate.seconds
 
 
 def stage_status(found: list[tuple[dict, bool]], upstream_fresh: bool, needed: int = 1) -> str:
