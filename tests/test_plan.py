@@ -137,7 +137,9 @@ def test_the_pruning_sweep_run_as_chapter_02_runs_it_reads_fresh(tmp_path: Path,
                       ("score", True): "missing", ("budget", False): "missing"}
 
 
-def test_the_shipped_profile_extends_paper_and_scores_one_full_width_vgg16() -> None:
+def test_the_shipped_profile_extends_paper_and_scores_one_full_width_vgg16(tmp_path: Path, shared_data_root: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRITNEURON_DATA", str(shared_data_root))
     shipped, paper = (load_profile(name, NOTEBOOKS) for name in ("shipped", "paper"))
     assert shipped.reuse == NOTEBOOKS / "../shipped/book" and paper.reuse is None
     assert shipped.parameters["02_pruning"] == paper.parameters["02_pruning"]  # inherited whole
@@ -149,6 +151,13 @@ def test_the_shipped_profile_extends_paper_and_scores_one_full_width_vgg16() -> 
     assert chapters.full_width_config(**paper.parameters["03_decoupled"]) is None
     with pytest.raises(ConfigError, match="unknown key"):
         chapters.full_width_config(**{**own, "full_width": {"epochs": 1, "time_limit": 1, "width": 2}})
+    assert chapters.full_width_rules(own["full_width"]) == ["network"]  # the authors' boxes only
+    assert chapters.full_width_rules({"epochs": 1}) == ["network", "local"]
+    with pytest.raises(ConfigError, match=r"unknown block_bounds rule\(s\) \['box'\]"):
+        chapters.full_width_config(**{**own, "full_width": {"epochs": 1, "time_limit": 1, "rules": ["box"]}})
+    stages = book_plan("shipped", NOTEBOOKS, rates=RATES, store=Store(tmp_path), only=["03"])
+    full_blocks = [s.what for s in stages if s.kind == "block score" and s.what.startswith("vgg16 cifar10")]
+    assert len(full_blocks) == 13 and not any("local" in w for w in full_blocks)
     sources = chapters.transfer_sources(chapters.transfer_base(**shipped.parameters["04_generalization"]),
                                         **shipped.parameters["04_generalization"])
     seeds = {(src.model.name, b): sorted(s.train.seed for s, bb in sources if (s.model.name, bb) == (src.model.name, b))

@@ -89,10 +89,12 @@ def _decoupled(p: Planner, chapter: str, params: dict) -> None:
     inputs, status = p.score(chapter, cfg, metrics, fresh, label=" (whole MIP of the decoupled net)")
     p.blocks(chapter, cfg, metrics, fresh and status == "fresh",
              batch_indices=inputs["batch_indices"] if inputs else None)
-    by_rule = [chapters.compared_config(configs, params["compare_bounds"]), chapters.full_width_config(**params)]
-    for cfg in (c for c in by_rule if c is not None):  # scored under every block_bounds rule
+    full = chapters.full_width_config(**params)
+    by_rule = [(chapters.compared_config(configs, params["compare_bounds"]), choices(ScoreConfig, "block_bounds"))]
+    by_rule += [] if full is None else [(full, chapters.full_width_rules(params["full_width"]))]
+    for cfg, rules in by_rule:  # scored under each of its block_bounds rules
         metrics, fresh = p.train(chapter, cfg, "decoupled")
-        for rule in choices(ScoreConfig, "block_bounds"):
+        for rule in rules:
             p.blocks(chapter, dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, block_bounds=rule)),
                      metrics, fresh)
 

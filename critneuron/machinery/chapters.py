@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 from critneuron.catalog import paper_finetune_epochs
 from critneuron.config import (
-    DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, from_dict, paper_train_config, to_dict,
+    DataConfig, ModelConfig, PruneConfig, RunConfig, ScoreConfig, choices, from_dict, paper_train_config, to_dict,
 )
 from critneuron.errors import ConfigError
 from critneuron.experiments.transfer import VARIANTS, source_config
@@ -64,18 +64,33 @@ def decoupled_configs(dataset: str, runs: Sequence[Sequence], epochs: int | None
             for name, width, training in runs for seed in seeds]
 
 
+FULL_WIDTH_KEYS = ("epochs", "subset", "time_limit", "correct_only", "rules")
+
+
+def full_width_rules(full_width: dict[str, Any]) -> list[str]:
+    """The `block_bounds` rules the full-width VGG-16's blocks are scored under (`full_width["rules"]`,
+    default all); ConfigError naming an unknown one."""
+    known = choices(ScoreConfig, "block_bounds")
+    rules = list(full_width.get("rules") or known)
+    if not set(rules) <= set(known):
+        raise ConfigError(f"full_width: unknown block_bounds rule(s) {sorted(set(rules) - set(known))}; known: {known}")
+    return rules
+
+
 def full_width_config(dataset: str, data_root: str | None, test_subset: int | None, seeds: Sequence[int],
                       lambda_: float, threshold: float | None, mode: str, batch_size: int,
                       full_width: dict[str, Any] | None, **_other: Any) -> RunConfig | None:
     """Chapter 03: the full-width VGG-16 scored block by block (None when `full_width` is None):
     `full_width["epochs"]` decoupled epochs (on `subset` training images if given), the first
-    seed, each sub-program limited to `time_limit` seconds (and `correct_only`, default true,
-    is the section's argument to `experiments.decoupled.block_bounds_comparison`)."""
+    seed, each sub-program limited to `time_limit` seconds (`correct_only`, default true, and
+    `rules`, default all, are the section's arguments to
+    `experiments.decoupled.block_bounds_comparison`; see `full_width_rules`)."""
     if full_width is None:
         return None
-    unknown = sorted(set(full_width) - {"epochs", "subset", "time_limit", "correct_only"})
+    unknown = sorted(set(full_width) - set(FULL_WIDTH_KEYS))
     if unknown:
-        raise ConfigError(f"full_width: unknown key(s) {unknown}; known: epochs, subset, time_limit, correct_only")
+        raise ConfigError(f"full_width: unknown key(s) {unknown}; known: {', '.join(FULL_WIDTH_KEYS)}")
+    full_width_rules(full_width)
     data = DataConfig(dataset=dataset, root=data_root, subset=full_width.get("subset"), test_subset=test_subset)
     return RunConfig(data=data, model=ModelConfig(name="vgg16", width=1.0),
                      train=paper_train_config("vgg16", dataset, full_width["epochs"], seeds[0]),
