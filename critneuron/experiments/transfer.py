@@ -171,13 +171,14 @@ def _recorded_masks(cfg: RunConfig, store: Store, init: nn.Sequential, weights: 
     mip_mask = masks_from_scores(scores, cfg.prune.resolve(cfg.model.name, cfg.data.dataset))
     mip, random = mip_mask.to_dict(), baseline_masks("random", init, mip_mask, seed=cfg.train.seed).to_dict()
     groups: dict[str, list[tuple[str, dict]]] = {}
+    init_weights = weights_hash(init)
     for record in store.ls("retrain"):
         if record["status"] != "complete" or record["code"] != "fresh":
             continue
         run = store.read("retrain", record["key"])
         config, inputs = run["config"], run["meta"]["inputs"]
         if (config["model"] == to_dict(cfg.model) and "control" not in config and inputs.get("masks")
-                and inputs["init_weights"] == weights_hash(init)):
+                and inputs["init_weights"] == init_weights):
             groups.setdefault(canonical_json(config), []).append((record["key"], inputs["masks"]))
     found = []
     for group in (g for g in groups.values() if any(m == mip for _k, m in g)):
