@@ -218,14 +218,13 @@ class Store:
                     self.write(kind, key, config, compute_fn(), inputs=inputs, code=code,
                                replace=self.is_fresh(kind, key, code))
                 elif self._lacks(kind, key, needs):
-                    self._restore(kind, key, config, compute_fn(), inputs, code, needs)
+                    self._restore(kind, key, compute_fn(), needs)
         return self.read(kind, key)["result"]
 
     def _lacks(self, kind: str, key: str, needs: tuple[str, ...]) -> bool:
         return any(not (self.path(kind, key) / ARTIFACTS / name).is_file() for name in needs)
 
-    def _restore(self, kind: str, key: str, config: Any, output: RunOutput | dict, inputs: Mapping,
-                 code: Code, needs: tuple[str, ...]) -> None:
+    def _restore(self, kind: str, key: str, output: RunOutput | dict, needs: tuple[str, ...]) -> None:
         """Add the `needs` artifacts of a recomputed run to its stored copy; IrreproducibleError
         when a ``*_hash`` field of the result differs: replacing the copy would orphan every result
         keyed on the stored hash, so it is kept and the caller told how to recompute it all."""
