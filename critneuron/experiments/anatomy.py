@@ -12,14 +12,15 @@ import numpy as np
 
 from critneuron.config import RunConfig, ScoreConfig, to_dict
 from critneuron.experiments.fingerprint import Code
-from critneuron.experiments.runs import TRAIN_CODE, score_inputs, trained_metrics, trained_model
-from critneuron.experiments.store import Store, versions
+from critneuron.experiments.runs import (
+    TRAIN_CODE, network_inputs, run_config, score_inputs, trained_metrics, trained_model,
+)
+from critneuron.experiments.store import Store
 from critneuron.mip.bounds import forward, interval_bounds, shift_scale, stability_counts
 from critneuron.mip.formulation import build_formulation
 from critneuron.mip.scores import score
 from critneuron.mip.solve import solver_version
 from critneuron.mip.spec import AffineSpec, network_spec
-from critneuron.nets.data import dataset_source
 
 EPSILONS = (1e-5, 1e-3, 1e-2, 3e-2)  # box half-widths of the stability table
 ANATOMY_CODE = Code(("critneuron.experiments.anatomy:_anatomy",), after=(TRAIN_CODE,))
@@ -34,15 +35,14 @@ def program_anatomy(run: RunConfig, score_cfg: ScoreConfig, modes: Sequence[str]
     `batch_indices`."""
     metrics = trained_metrics(run, store)
     config = anatomy_config(run, score_cfg, modes)
-    inputs = {"weights": metrics["weights_hash"], "source": dataset_source(run.data),
-              "solver": solver_version(score_cfg), **versions()}
+    inputs = {**network_inputs(run, metrics["weights_hash"]), "solver": solver_version(score_cfg)}
     study = store.cached("anatomy", config, lambda: _anatomy(run, score_cfg, modes, store), code=ANATOMY_CODE, **inputs)
     return {**study, "test_accuracy": metrics["test_accuracy"]}
 
 
 def anatomy_config(run: RunConfig, score_cfg: ScoreConfig, modes: Sequence[str]) -> dict[str, Any]:
     """The stored config of `program_anatomy` (also what `machinery.plan` looks up)."""
-    return {"run": to_dict(dataclasses.replace(run, data=dataclasses.replace(run.data, root=None))),
+    return {"run": run_config(run),
             "score": to_dict(score_cfg), "modes": list(modes), "epsilons": list(EPSILONS)}
 
 

@@ -10,7 +10,6 @@ result store under kind "budget", keyed by the run config, the weights, the scor
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from typing import Any, Sequence
@@ -19,13 +18,13 @@ import torch
 from torch import nn
 
 from critneuron.pruning.baselines import BASELINES, baseline_masks, snip_batch
-from critneuron.config import RunConfig, to_dict
-from critneuron.nets.data import dataset_source, load_split
+from critneuron.config import RunConfig
+from critneuron.nets.data import load_split
 from critneuron.experiments.fingerprint import Code
-from critneuron.experiments.runs import SCORE_CODE, network_scores, score_inputs
+from critneuron.experiments.runs import SCORE_CODE, network_inputs, network_scores, run_config, score_inputs
 from critneuron.pruning.masks import Masks, apply_masks, masks_from_scores, pruning_stats
 from critneuron.mip.scores import Scores
-from critneuron.experiments.store import Store, versions
+from critneuron.experiments.store import Store
 from critneuron.nets.train import evaluate
 
 METHODS = ("mip", *BASELINES)
@@ -79,6 +78,11 @@ def budget_rows(model: nn.Sequential, scores: Scores, cfg: RunConfig, taus: Sequ
     return rows
 
 
+def budget_config(cfg: RunConfig, taus: Sequence[float], random_seeds: Sequence[int] = RANDOM_SEEDS) -> dict[str, Any]:
+    """The stored config of `budget_sweep` (also what `machinery.plan` looks up)."""
+    return {**run_config(cfg), "taus": [float(t) for t in taus], "random_seeds": [int(s) for s in random_seeds]}
+
+
 def budget_sweep(cfg: RunConfig, store: Store, taus: Sequence[float],
                  random_seeds: Sequence[int] = RANDOM_SEEDS) -> list[dict[str, Any]]:
     """`budget_rows` of `cfg`'s trained network and MIP scores (both cached), computed once per key.
@@ -88,9 +92,8 @@ def budget_sweep(cfg: RunConfig, store: Store, taus: Sequence[float],
         >>> pandas.DataFrame(rows).groupby(["method", "tau"]).test_accuracy.mean()  # doctest: +SKIP
     """
     weights, scores, network = network_scores(cfg, store)  # a stored sweep needs no checkpoint
-    config = {**to_dict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=None))),
-              "taus": [float(t) for t in taus], "random_seeds": [int(s) for s in random_seeds]}
-    inputs = {"weights": weights, "scores": scores_hash(scores), "source": dataset_source(cfg.data), **versions()}
+    config = budget_config(cfg, taus, random_seeds)
+    inputs = {**network_inputs(cfg, weights), "scores": scores_hash(scores)}
     result = store.cached("budget", config, lambda: {"rows": budget_rows(network(), scores, cfg, taus, random_seeds)},
                           code=BUDGET_CODE, **inputs)
     return result["rows"]

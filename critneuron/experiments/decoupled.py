@@ -21,8 +21,8 @@ from critneuron.catalog import dataset_record
 from critneuron.config import RunConfig, ScoreConfig, choices, paper_train_config, to_dict
 from critneuron.errors import ConfigError, SolveError
 from critneuron.experiments.runs import (
-    SCORING, TRAIN_CODE, TRAIN_THREADS, checkpoint_output, mip_scores, reusable_here, score_inputs, train_config,
-    train_inputs, trained_metrics, trained_model, weights_hash,
+    SCORING, TRAIN_CODE, TRAIN_THREADS, checkpoint_output, mip_scores, network_inputs, reusable_here, run_config,
+    score_inputs, train_config, train_inputs, trained_metrics, trained_model, weights_hash,
 )
 from critneuron.experiments.cluster import dask_client
 from critneuron.experiments.fingerprint import Code
@@ -239,7 +239,7 @@ def _stored_study(kind: str, entry: str, cfg: RunConfig, store: Store, training:
     (what a limit reaches depends on the machine, as `runs.reusable_here`)."""
     metrics = decoupled_metrics(cfg, store) if training == "decoupled" else trained_metrics(cfg, store)
     config = study_config(cfg, training, **extra)
-    inputs = {"weights": metrics["weights_hash"], "source": dataset_source(cfg.data), **versions()}
+    inputs = network_inputs(cfg, metrics["weights_hash"])
     code = Code((f"critneuron.experiments.decoupled:{entry}",), after=(BLOCK_SCORE_CODE[training],))
     return store.cached(kind, config, lambda: compute(*decoupled_network(cfg, store, training, progress)),
                         code=code, reuse_if=_reusable_study, **inputs)
@@ -247,8 +247,7 @@ def _stored_study(kind: str, entry: str, cfg: RunConfig, store: Store, training:
 
 def study_config(cfg: RunConfig, training: str, **extra: Any) -> dict[str, Any]:
     """The stored config of a `_stored_study` (also what `machinery.plan` looks up)."""
-    return {"run": to_dict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=None))),
-            "training": training, **extra}
+    return {"run": run_config(cfg), "training": training, **extra}
 
 
 def _reusable_study(run: dict) -> bool:

@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -58,6 +58,18 @@ def train_config(cfg: RunConfig) -> dict:
     """The part of `cfg` that determines its trained network (the data root does not)."""
     return {"data": to_dict(dataclasses.replace(cfg.data, root=None)), "model": to_dict(cfg.model),
             "train": to_dict(cfg.train)}
+
+
+def run_config(cfg: RunConfig) -> dict[str, Any]:
+    """`cfg` as a stored study's config holds it: all but the data root, which changes no result."""
+    return to_dict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=None)))
+
+
+def network_inputs(cfg: RunConfig, weights: str) -> dict[str, Any]:
+    """What keys a stage computed on `cfg`'s trained network besides its config, all known without
+    the network (so a store that has the stage needs no checkpoint): the weights' hash, the data
+    source, the versions."""
+    return {"weights": weights, "source": dataset_source(cfg.data), **versions()}
 
 
 def train_inputs(cfg: RunConfig) -> dict:

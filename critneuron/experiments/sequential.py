@@ -16,11 +16,11 @@ from torch import nn
 from critneuron.config import RunConfig, to_dict
 from critneuron.experiments.fingerprint import Code
 from critneuron.experiments.runs import (
-    SCORE_CODE, mip_scores, reusable_here, score_inputs, trained_metrics, trained_model,
+    SCORE_CODE, mip_scores, network_inputs, reusable_here, run_config, score_inputs, trained_metrics, trained_model,
 )
-from critneuron.experiments.store import Store, versions
+from critneuron.experiments.store import Store
 from critneuron.mip.scores import Scores, score
-from critneuron.nets.data import dataset_source, load_split
+from critneuron.nets.data import load_split
 from critneuron.nets.train import evaluate
 from critneuron.pruning.masks import apply_masks, masks_from_scores, pruning_stats
 
@@ -55,10 +55,9 @@ def sequential_vs_parallel(cfg: RunConfig, store: Store) -> list[dict[str, Any]]
     status(es) and solve seconds (the sequential row: summed over its programs). Stored (kind
     "sequential", keyed by the run and its weights' hash), so a store that has them needs no
     checkpoint."""
-    config = to_dict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=None)))
-    inputs = {"weights": trained_metrics(cfg, store)["weights_hash"], "source": dataset_source(cfg.data), **versions()}
-    return store.cached("sequential", config, lambda: {"rows": _sequential_rows(cfg, store)}, code=SEQUENTIAL_CODE,
-                        **inputs)["rows"]
+    inputs = network_inputs(cfg, trained_metrics(cfg, store)["weights_hash"])
+    return store.cached("sequential", run_config(cfg), lambda: {"rows": _sequential_rows(cfg, store)},
+                        code=SEQUENTIAL_CODE, **inputs)["rows"]
 
 
 def _sequential_rows(cfg: RunConfig, store: Store) -> list[dict[str, Any]]:

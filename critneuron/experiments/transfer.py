@@ -37,9 +37,10 @@ from critneuron.experiments.decoupled import (
 )
 from critneuron.experiments.fingerprint import Code
 from critneuron.experiments.runs import (
-    SCORE_CODE, TRAIN_THREADS, mip_scores, stored_scores, train_config, trained_metrics, trained_model, weights_hash,
+    SCORE_CODE, TRAIN_THREADS, mip_scores, network_inputs, stored_scores, train_config, trained_metrics, trained_model,
+    weights_hash,
 )
-from critneuron.experiments.store import Store, versions
+from critneuron.experiments.store import Store
 from critneuron.mip.scores import Scores
 from critneuron.nets.data import dataset_source, load_split
 from critneuron.nets.models import build_model
@@ -218,8 +219,7 @@ def source_masks(cfg: RunConfig, store: Store, at_init: bool = False, decoupled:
     init = build_model(cfg.model.name, cfg.model.width, seed=cfg.train.seed)
     config = {"source": {**train_config(cfg), "training": "decoupled" if decoupled else "end-to-end"},
               "score": to_dict(cfg.score), "prune": to_dict(cfg.prune), "at_init": at_init}
-    inputs = {"weights": metrics["weights_hash"], "init_weights": weights_hash(init),
-              "source": dataset_source(cfg.data), **versions()}
+    inputs = {**network_inputs(cfg, metrics["weights_hash"]), "init_weights": weights_hash(init)}
     result = store.cached(
         "masks", config, lambda: (None if decoupled else _recorded_masks(cfg, store, init, metrics["weights_hash"]))
         or _source_masks(cfg, store, at_init, decoupled, workers), code=MASKS_CODE, **inputs)

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from critneuron.catalog import model_record
-from critneuron.config import RunConfig, ScoreConfig, choices, from_dict, paper_train_config, to_dict
+from critneuron.config import RunConfig, ScoreConfig, choices, from_dict, paper_train_config
 from critneuron.experiments.anatomy import anatomy_config
-from critneuron.experiments.budget import METHODS, RANDOM_SEEDS
+from critneuron.experiments.budget import METHODS, RANDOM_SEEDS, budget_config
 from critneuron.experiments.decoupled import study_config
 from critneuron.experiments.store import Store, versions
 from critneuron.experiments.transfer import at_init_settings, at_init_source, transfer_plan
@@ -62,8 +62,7 @@ def _pruning(p: Planner, chapter: str, params: dict) -> None:
     evaluated = len(params["budget_taus"]) * (len(METHODS) + len(RANDOM_SEEDS) - 1)
     for cfg in chapters.budget_configs(configs, params["budget_runs"]):
         metrics, fresh = p.train(chapter, cfg)
-        config = {**to_dict(dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=None))),
-                  "taus": [float(t) for t in params["budget_taus"]], "random_seeds": list(RANDOM_SEEDS)}
+        config = budget_config(cfg, params["budget_taus"])
         found = p.index.matches("budget", config, weights=metrics["weights_hash"]) if metrics else []
         status = ("fresh" if fresh and any(ok for _i, ok in found) else "stale" if found else "missing")
         test_images = split_sizes(cfg.data)["test"]
