@@ -305,3 +305,14 @@ def test_reuse_if_false_recomputes_and_replaces_a_fresh_run(tmp_path):
     assert store.cached("score", CONFIG, compute, code=CODE, reuse_if=here)["status"] == "optimal"
     assert store.cached("score", CONFIG, compute, code=CODE, reuse_if=here)["status"] == "optimal"
     assert len(calls) == 2 and len(list((tmp_path / "score").iterdir())) == 1
+
+
+def test_files_beside_the_runs_are_not_runs(tmp_path):
+    """The shipped profile keeps its executed chapters in the store's root (``book/``)."""
+    store = Store(tmp_path)
+    key = store.key("prune", CONFIG)
+    store.write("prune", key, CONFIG, {"acc": 1.0}, code=CODE)
+    (tmp_path / "book").mkdir()
+    (tmp_path / "book" / "01_formulation.ipynb").write_text("{}")
+    (tmp_path / "prune" / "notes.txt").write_text("not a run")
+    assert [(r["kind"], r["key"], r["status"]) for r in store.ls()] == [("prune", key, "complete")]

@@ -266,7 +266,8 @@ class Store:
         return found[0]
 
     def ls(self, kind: str | None = None) -> list[dict]:
-        """Records (kind, key, status, path, error, code) of every run folder, sorted.
+        """Records (kind, key, status, path, error, code) of every run folder, sorted. Files beside
+        the kinds' run folders (e.g. the shipped profile's executed chapters in ``book/``) are not runs.
 
         ``code`` of a complete run: "fresh" if its recorded code entries still have the recorded
         fingerprint, else "stale" (also when no code was recorded); None for other runs.
@@ -276,7 +277,7 @@ class Store:
         for name in kinds:
             folder = self.root / name
             if folder.is_dir():
-                keys = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+                keys = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
                 records.extend(self.record(name, key) for key in keys)
         return records
 
