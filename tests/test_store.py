@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -20,7 +21,7 @@ import pytest
 from critneuron.config import RunConfig, ScoreConfig, to_dict
 from critneuron.errors import IrreproducibleError
 from critneuron.experiments.fingerprint import Code
-from critneuron.experiments.store import RESULTS_ENV, RunNotFoundError, RunOutput, Store, versions
+from critneuron.experiments.store import RESULTS_ENV, RunNotFoundError, RunOutput, Store, cpu_model, versions
 
 CODE = Code(("critneuron.config",))
 CONFIG = {"score": {"lambda_": 5.0, "mode": "relaxed"}, "model": {"name": "lenet5"}}
@@ -115,6 +116,16 @@ def test_write_and_read_back_every_artifact_format(tmp_path):
     assert pd.read_csv(Path(run["path"]) / "artifacts" / "table.csv").equals(frame)
     assert store.load_artifact("prune", key, "raw.bin") == b"\x00\x01"
     assert (Path(run["path"]) / "log.txt").read_text() == "trained\n"
+
+
+def test_meta_records_the_host_and_its_processor(tmp_path):
+    store = Store(tmp_path)
+    key = store.key("prune", CONFIG)
+    store.write("prune", key, CONFIG, RunOutput({"acc": 0.98}))
+    meta = store.read("prune", key)["meta"]
+    assert meta["host"] == socket.gethostname()
+    assert meta["cpu"] == cpu_model() and meta["cpu"].endswith(f"({os.cpu_count()} CPUs)")
+    assert not meta["cpu"].startswith(" (")  # a model name or architecture precedes the count
 
 
 def test_cached_computes_once_and_returns_the_stored_result(tmp_path):

@@ -76,6 +76,17 @@ def versions(names: tuple[str, ...] = _VERSIONED) -> dict:
     return found
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``, else `platform.processor`) and its logical CPU
+    count: hosts here share one host name, so a run's meta also records what it ran on."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), "")
+    except OSError:
+        model = ""
+    return f"{model or platform.processor() or platform.machine()} ({os.cpu_count()} CPUs)"
+
+
 def _check_name(name: str, what: str) -> None:
     if not name or name.startswith(".") or "/" in name or os.sep in name:
         raise ValueError(f"{what} {name!r} must be a plain name (no '/', not starting with '.')")
@@ -89,6 +100,7 @@ def _meta(kind: str, key: str, inputs: Mapping | None, code: Code | None) -> dic
         "code": code.record() if code is not None else None,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": socket.gethostname(),
+        "cpu": cpu_model(),
         "pid": os.getpid(),
     }
 
