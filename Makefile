@@ -1,9 +1,10 @@
-# critneuron: `make book` builds the book, `make test` runs the tests; both set up .venv first.
+# critneuron: `make book` builds the book (the shipped results; PROFILE=quick computes a short
+# profile from scratch), `make test` runs the tests; both set up .venv first.
 # The data root comes from $CRITNEURON_DATA (default ./data; torchvision downloads what is missing).
 
 PYTHON ?= python3
 VENV ?= .venv
-PROFILE ?= quick
+PROFILE ?= shipped
 STAMP := $(VENV)/.critneuron-installed
 
 .PHONY: setup test book clean
