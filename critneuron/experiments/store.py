@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import json
 import os
 import platform
@@ -76,6 +77,7 @@ def versions(names: tuple[str, ...] = _VERSIONED) -> dict:
     return found
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_model() -> str:
     """The processor's model name (``/proc/cpuinfo``, else `platform.processor`) and its logical CPU
     count: hosts here share one host name, so a run's meta also records what it ran on."""
