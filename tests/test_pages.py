@@ -113,6 +113,12 @@ def test_a_folded_table_names_itself_and_its_rows() -> None:
     assert "critneuron-table" in html and html.endswith("</details>")
 
 
+def test_a_long_folded_table_shows_its_first_rows_and_says_so() -> None:
+    html = reporting.folded(pd.DataFrame({"seed": range(1000, 1500)}), "runs", max_rows=300).data
+    assert "(500 rows, the first 300 shown)" in html
+    assert ">1,299<" in html and ">1,300<" not in html
+
+
 def test_a_non_optimal_status_is_shown_and_highlighted() -> None:
     runs = pd.DataFrame({"run": ["a", "b"], "solve_s": [1.0, 2.0], "status": ["optimal", "maxTimeLimit"]})
     html = reporting.show(runs).to_html()

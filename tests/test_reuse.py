@@ -43,8 +43,7 @@ def test_chapters_are_reused_while_current_and_run_again_when_not(tmp_path: Path
 
     assert _build(folder, executed) == {"01_reads": "ok", "02_summary": "ok"}
     assert sorted(p.name for p in kept.iterdir()) == [
-        "01_reads.build.json", "01_reads.ipynb", "01_reads.reads.json", "01_reads__values.csv",
-        "02_summary.build.json", "02_summary.ipynb", "02_summary.reads.json", "summary.md"]
+        "01_reads.build.json", "01_reads.ipynb", "01_reads.reads.json", "01_reads__values.csv"]
     assert json.loads((kept / "01_reads.reads.json").read_text())["reads"] == [["prune", key]]
 
     for path in executed.iterdir():  # a fresh clone: nothing executed, the kept copies and the store
@@ -52,7 +51,7 @@ def test_chapters_are_reused_while_current_and_run_again_when_not(tmp_path: Path
     source = nbformat.read(folder / "01_reads.ipynb", as_version=4)
     source.cells.append(new_markdown_cell("New prose."))  # prose only: no rerun, today's text shown
     nbformat.write(source, folder / "01_reads.ipynb")
-    assert _build(folder, executed) == {"01_reads": "reused", "02_summary": "reused"}
+    assert _build(folder, executed) == {"01_reads": "reused", "02_summary": "ok"}  # the summary runs every build
     restored = nbformat.read(executed / "01_reads.ipynb", as_version=4)
     assert restored.cells[-1].source == "New prose."
     assert any("injected-parameters" in c.metadata.get("tags", []) for c in restored.cells)
@@ -61,6 +60,7 @@ def test_chapters_are_reused_while_current_and_run_again_when_not(tmp_path: Path
     helpers = toy_package / "helpers.py"  # the stored result's code changes: it is stale
     helpers.write_text(helpers.read_text().replace("2 * x", "x + x"))
     why = reuse.why_not_reusable(kept, folder / "01_reads.ipynb", {"results_dir": "../results", "key": key},
-                                 folder / "../results", True)
+                                 folder / "../results")
     assert why == "1 of its 1 stored results missing or stale"
-    assert _build(folder, executed) == {"01_reads": "ok", "02_summary": "ok"}  # the summary follows it
+    assert _build(folder, executed) == {"01_reads": "ok", "02_summary": "ok"}
+    assert not (kept / "02_summary.ipynb").exists()

@@ -197,8 +197,7 @@ def execute_notebooks(profile: Profile, notebooks: list[Path], executed_dir: Pat
         own = profile.parameters[src.stem]
         why = "the profile reuses nothing"
         if profile.reuse is not None:
-            why = reuse.why_not_reusable(profile.reuse, src, own, src.parent / own.get("results_dir", "."),
-                                         all(r.status == "reused" for r in runs))
+            why = reuse.why_not_reusable(profile.reuse, src, own, src.parent / own.get("results_dir", "."))
         if why is None:
             reuse.restore(profile.reuse, src, executed_dir)
             run = NotebookRun(src.stem, "reused", 0.0, f"executed copy from {profile.reuse}")

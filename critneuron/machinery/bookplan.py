@@ -161,7 +161,7 @@ def book_plan(profile: str | Path, notebooks_dir: Path = Path("notebooks"), rate
     if loaded.reuse is not None:  # a chapter whose executed copy is current runs nothing per build
         notebooks = {nb.stem: nb for nb in list_notebooks(notebooks_dir)}
         kept = {stem for stem, params in loaded.parameters.items() if stem in CHAPTERS and reuse.why_not_reusable(
-            loaded.reuse, notebooks[stem], params, Path(notebooks_dir) / params["results_dir"], True) is None}
+            loaded.reuse, notebooks[stem], params, Path(notebooks_dir) / params["results_dir"]) is None}
         stages = [dataclasses.replace(s, status="reused") if s.status == "every build" and s.chapter in kept else s
                   for s in stages]
     return sorted(stages, key=lambda s: s.chapter)

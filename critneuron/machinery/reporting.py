@@ -205,7 +205,7 @@ def styled(table: pd.DataFrame, wrap: bool = False) -> Styler:
     """A `paper_table` as HTML: no index, non-optimal solve statuses highlighted (the book's CSS
     scrolls a wide table inside its own box); `wrap` for tables of sentences (left-aligned, wrapped)."""
     status = COLUMNS["status"][0]
-    style = table.style.hide(axis="index").set_table_attributes(
+    style = Styler(table, cell_ids=False).hide(axis="index").set_table_attributes(
         f'class="critneuron-table{" wrap" if wrap else ""}"')
     if status in table.columns:
         style = style.map(lambda s: "" if s == STATUS_OK else "background-color: #fde2e1; font-weight: bold",
@@ -222,10 +222,15 @@ def show(table: pd.DataFrame, columns: Sequence[str] | None = None, by: Sequence
     return styled(paper_table(table, list(table.columns) if columns is None else columns, by))
 
 
-def folded(table: pd.DataFrame, title: str, columns: Sequence[str] | None = None) -> HTML:
+def folded(table: pd.DataFrame, title: str, columns: Sequence[str] | None = None,
+           max_rows: int | None = None) -> HTML:
     """`show(table, columns)` folded under one line naming it and its row count (a long table that
-    backs a figure or a summary table)."""
-    return HTML(f"<details class=\"critneuron-folded\"><summary><strong>{title}</strong> ({len(table):,} rows)"
+    backs a figure or a summary table); with `max_rows`, only its first `max_rows` rows."""
+    rows = f"{len(table):,} rows"
+    if max_rows is not None and len(table) > max_rows:
+        rows += f", the first {max_rows:,} shown"
+        table = table.head(max_rows)
+    return HTML(f"<details class=\"critneuron-folded\"><summary><strong>{title}</strong> ({rows})"
                 f"</summary>{show(table, columns).to_html()}</details>")
 
 

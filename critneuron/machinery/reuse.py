@@ -10,10 +10,11 @@ is reused, with the tables and files it wrote, when
 - every stored result it read (``<stem>.reads.json``, written by `pages.finish`) is complete in
   today's result store and fresh (computed by today's code);
 
-a chapter that read no stored result (the results summary) is reused only when every chapter
-before it was. Anything else runs again, reading the store and computing only what is missing
-or stale. After a build, the chapters it executed are copied back into the folder
-(`keep_executed`), so it always holds the newest executed copy of each.
+a chapter that read no stored result (the results summary) describes the build itself (its
+chapters' timings, its commit), so it is never kept and runs every build (seconds). Anything
+else runs again, reading the store and computing only what is missing or stale. After a build,
+the chapters it executed are copied back into the folder (`keep_executed`), so it always holds
+the newest executed copy of each.
 """
 
 from __future__ import annotations
@@ -66,8 +67,7 @@ def _load(path: Path) -> dict | None:
         return None
 
 
-def why_not_reusable(reuse_dir: Path, src: Path, parameters: dict[str, Any], results_root: Path,
-                     earlier_all_reused: bool) -> str | None:
+def why_not_reusable(reuse_dir: Path, src: Path, parameters: dict[str, Any], results_root: Path) -> str | None:
     """None if the executed copy of `src` in `reuse_dir` may be reused; else the reason."""
     stem = src.stem
     build, reads = _load(reuse_dir / f"{stem}{BUILD_SUFFIX}"), _load(reuse_dir / f"{stem}{READS_SUFFIX}")
@@ -78,7 +78,7 @@ def why_not_reusable(reuse_dir: Path, src: Path, parameters: dict[str, Any], res
     if build["parameters"] != json.loads(json.dumps(parameters)):
         return "its parameters changed"
     if reads["reads"] is None:
-        return None if earlier_all_reused else "a chapter before it ran again"
+        return "it reads no stored result: it describes this build"
     store = Store(results_root)
     stale = sum(store.record(kind, key)["code"] != "fresh" for kind, key in reads["reads"])
     return f"{stale} of its {len(reads['reads'])} stored results missing or stale" if stale else None
@@ -112,7 +112,11 @@ def restore(reuse_dir: Path, src: Path, executed_dir: Path) -> None:
 
 
 def keep_executed(executed_dir: Path, src: Path, reuse_dir: Path) -> None:
-    """Copy a chapter this build executed (notebook, records, written files) into `reuse_dir`."""
+    """Copy a chapter this build executed (notebook, records, written files) into `reuse_dir`;
+    a chapter that read no stored result describes its build and is not kept."""
+    reads = _load(executed_dir / f"{src.stem}{READS_SUFFIX}")
+    if reads is None or reads["reads"] is None:
+        return
     reuse_dir.mkdir(parents=True, exist_ok=True)
     _copy(executed_dir, src, reuse_dir)
     shutil.copy2(executed_dir / src.name, reuse_dir / src.name)
