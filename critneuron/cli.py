@@ -301,7 +301,7 @@ def _add_book(subparsers: argparse._SubParsersAction) -> None:
         "BOOK_DIR/_build/html. A failing notebook is named with its cell; the others still run.",
     )
     parser.add_argument("--profile", default="quick",
-                        help="smoke, quick or paper (notebooks/profiles/NAME.yaml), or a YAML path "
+                        help="smoke, quick, shipped or paper (notebooks/profiles/NAME.yaml), or a YAML path "
                         "(default: quick)")
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="run only these notebooks (stem or number, e.g. 02_pruning or 02); "
