@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import nbformat
@@ -262,3 +264,29 @@ def test_a_profile_extends_another_section_by_section(toy_notebooks: Path) -> No
     (toy_notebooks / "profiles" / "loop.yaml").write_text("extends: loop\n")
     with pytest.raises(ConfigError, match="'extends' must name another profile"):
         book.load_profile("loop", toy_notebooks)
+
+
+def test_provenance_commit_is_dirty_for_changed_code_not_for_what_a_build_writes(tmp_path: Path) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "notebooks" / "01_a.ipynb").write_text("{}")
+    (tmp_path / "shipped" / "record.json").write_text("{}")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    profile = book.Profile("shipped", None, {"01_a": {"results_dir": "../shipped"}})
+
+    def commit() -> str:
+        path = book.write_provenance(profile, tmp_path / "notebooks", tmp_path)
+        return json.loads(path.read_text())["git_commit"]
+
+    clean = commit()
+    assert re.fullmatch(r"[0-9a-f]{40}", clean)
+    (tmp_path / "shipped" / "record.json").write_text('{"new": 1}')  # what a build writes: still clean
+    assert commit() == clean
+    (tmp_path / "notebooks" / "01_a.ipynb").write_text('{"cells": []}')  # code changed: dirty
+    assert commit() == clean + "-dirty"

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import pandas as pd
 import yaml
@@ -165,14 +165,22 @@ def package_versions() -> dict[str, str | None]:
     return versions(VERSIONED)
 
 
-def _git_commit(folder: Path) -> str | None:
-    """The checked-out commit, with ``-dirty`` when the working tree has changes."""
+def _git_commit(folder: Path, outputs: Sequence[Path] = ()) -> str | None:
+    """The checked-out commit, with ``-dirty`` when tracked files have changes other than under
+    `outputs` (folders a build writes, e.g. the shipped result store and its executed chapters)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True).stdout.strip()
+
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=40"], cwd=folder,
-                             capture_output=True, text=True)
+        top, commit = git("rev-parse", "--show-toplevel"), git("rev-parse", "HEAD")
     except OSError:
         return None
-    return out.stdout.strip() or None
+    if not commit:
+        return None
+    inside = [p.resolve() for p in outputs if p.resolve().is_relative_to(Path(top).resolve())]
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                  *[f":(exclude){p}" for p in inside])
+    return commit + ("-dirty" if changed else "")
 
 
 def write_provenance(profile: Profile, notebooks_dir: Path, executed_dir: Path) -> Path:
@@ -180,9 +188,16 @@ def write_provenance(profile: Profile, notebooks_dir: Path, executed_dir: Path) 
     path = executed_dir / "profile.json"
     _write_json(path, {
         "profile": profile.name, "timeout": profile.timeout, "parameters": profile.parameters,
-        "versions": package_versions(), "git_commit": _git_commit(notebooks_dir),
+        "versions": package_versions(), "git_commit": _git_commit(notebooks_dir, _outputs(profile, notebooks_dir)),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
     return path
+
+
+def _outputs(profile: Profile, notebooks_dir: Path) -> list[Path]:
+    """The folders a build of `profile` writes into: its result stores and its kept chapters."""
+    roots = {Path(notebooks_dir) / params["results_dir"] for params in profile.parameters.values()
+             if "results_dir" in params}
+    return sorted(roots) + ([profile.reuse] if profile.reuse is not None else [])
 
 
 def execute_notebooks(profile: Profile, notebooks: list[Path], executed_dir: Path,
