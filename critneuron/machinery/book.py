@@ -165,7 +165,7 @@ def package_versions() -> dict[str, str | None]:
     return versions(VERSIONED)
 
 
-def _git_commit(folder: Path, outputs: Sequence[Path] = ()) -> str | None:
+def _git_commit(folder: Path, outputs: Sequence[Path]) -> str | None:
     """The checked-out commit, with ``-dirty`` when tracked files have changes other than under
     `outputs` (folders a build writes, e.g. the shipped result store and its executed chapters)."""
     def git(*args: str) -> str:
